@@ -44,8 +44,11 @@ class Target:
         """Named ONNX -> ONNX passes to run after simplify, in order."""
         return []
 
-    def check_graph(self, model: "onnx.ModelProto") -> list[str]:
-        """Raise TargetError if a node cannot run on the target; return warnings."""
+    def check_graph(self, model: "onnx.ModelProto", options: dict[str, Any]) -> list[str]:
+        """Raise TargetError naming nodes the target cannot run; return warnings.
+
+        `options` carries {"dla": bool, "precision": str}.
+        """
         return []
 
     def resolve_precision(self, precision: str | None) -> Precision:
