@@ -60,7 +60,6 @@ def motion_clip(
     H, W = image.shape[:2]
     if H < h or W < w:
         raise ValueError(f"image {H}x{W} is smaller than the crop {h}x{w}")
-    span = max_step * frames
     y = int(rng.integers(0, max(1, H - h + 1)))
     x = int(rng.integers(0, max(1, W - w + 1)))
     vy, vx = rng.integers(-max_step, max_step + 1, size=2)
@@ -77,7 +76,6 @@ def motion_clip(
         # jitter the velocity a little: hand-held camera, not a dolly
         vy = int(np.clip(vy + rng.integers(-1, 2), -max_step, max_step))
         vx = int(np.clip(vx + rng.integers(-1, 2), -max_step, max_step))
-    del span
     return np.stack(out).astype(np.float32)
 
 
