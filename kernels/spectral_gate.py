@@ -1,0 +1,158 @@
+"""Fused FBS spectral gate (AMNet, seed 000) as one Triton kernel.
+
+out = f * sigmoid(w_g f + b_g) * (1 + tanh(w_s f + b_s)),  f = [re; im] per pixel.
+
+One pass: each program keeps the four [C, C] blocks of both weight matrices in
+registers and walks pixel tiles (grid-stride, so weights are read once per
+program, not once per tile); each tile of re/im is read once and each output
+written once. The channel mixes are `tl.dot`s on [C, C] x [C, P] tiles; the
+concatenation is never materialised (w @ [re; im] = w[:, :C] re + w[:, C:] im).
+1 + tanh(s) is computed as 2 sigmoid(2 s) (an identity; Triton has no tanh).
+
+Argument order is inputs, scalars, outputs: the order TensorRT's AOT plugin
+launcher passes them (see trt_plugins.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lowlight.kernels import _triton as kt
+from lowlight.kernels._tl import mma
+from lowlight.runtime.errors import ShapeError
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_block(ptr, n: tl.constexpr, row0, col0, CP: tl.constexpr, C):
+    """Block w[row0:row0+C, col0:col0+C] of a row-major matrix with n columns, zero-padded to [CP, CP]."""
+    r = tl.arange(0, CP)
+    m = (r[:, None] < C) & (r[None, :] < C)
+    return tl.load(ptr + (row0 + r[:, None]) * n + col0 + r[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def spectral_gate_kernel(
+    re_ptr, im_ptr, wg_ptr, bg_ptr, ws_ptr, bs_ptr,
+    B, C, HW, Wf,
+    s_rb, s_rc, s_rh, s_rw, s_ib, s_ic, s_ih, s_iw,
+    ore_ptr, oim_ptr,
+    CP: tl.constexpr, BLOCK_P: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    c = tl.arange(0, CP)
+    cm = c < C
+    two_c = 2 * C
+    # Weights stay in registers for every tile this program handles.
+    wg_rr = _load_block(wg_ptr, two_c, 0, 0, CP, C)
+    wg_ri = _load_block(wg_ptr, two_c, 0, C, CP, C)
+    wg_ir = _load_block(wg_ptr, two_c, C, 0, CP, C)
+    wg_ii = _load_block(wg_ptr, two_c, C, C, CP, C)
+    ws_rr = _load_block(ws_ptr, two_c, 0, 0, CP, C)
+    ws_ri = _load_block(ws_ptr, two_c, 0, C, CP, C)
+    ws_ir = _load_block(ws_ptr, two_c, C, 0, CP, C)
+    ws_ii = _load_block(ws_ptr, two_c, C, C, CP, C)
+    bg_r = tl.load(bg_ptr + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    bg_i = tl.load(bg_ptr + C + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    bs_r = tl.load(bs_ptr + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    bs_i = tl.load(bs_ptr + C + c, mask=cm, other=0.0).to(tl.float32)[:, None]
+    tiles_per_img = tl.cdiv(HW, BLOCK_P)
+    n_tiles = B * tiles_per_img
+    for t in range(pid, n_tiles, nprog):
+        b = t // tiles_per_img
+        p = (t % tiles_per_img) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pm = p < HW
+        h = p // Wf
+        w = p % Wf
+        m = cm[:, None] & pm[None, :]
+        xr = tl.load(re_ptr + b * s_rb + c[:, None] * s_rc + (h * s_rh + w * s_rw)[None, :], mask=m, other=0.0)
+        xi = tl.load(im_ptr + b * s_ib + c[:, None] * s_ic + (h * s_ih + w * s_iw)[None, :], mask=m, other=0.0)
+        o_off = b * C * HW + c[:, None] * HW + p[None, :]
+        # Real half: rows [0, C) of both mixes.
+        g = mma(wg_rr, xr, DOT_PREC, UPCAST) + mma(wg_ri, xi, DOT_PREC, UPCAST) + bg_r
+        s = mma(ws_rr, xr, DOT_PREC, UPCAST) + mma(ws_ri, xi, DOT_PREC, UPCAST) + bs_r
+        out = xr.to(tl.float32) * tl.sigmoid(g) * (2.0 * tl.sigmoid(2.0 * s))
+        tl.store(ore_ptr + o_off, out.to(ore_ptr.dtype.element_ty), mask=m)
+        # Imaginary half: rows [C, 2C).
+        g = mma(wg_ir, xr, DOT_PREC, UPCAST) + mma(wg_ii, xi, DOT_PREC, UPCAST) + bg_i
+        s = mma(ws_ir, xr, DOT_PREC, UPCAST) + mma(ws_ii, xi, DOT_PREC, UPCAST) + bs_i
+        out = xi.to(tl.float32) * tl.sigmoid(g) * (2.0 * tl.sigmoid(2.0 * s))
+        tl.store(oim_ptr + o_off, out.to(oim_ptr.dtype.element_ty), mask=m)
+
+
+_CONFIGS = [
+    triton.Config({"BLOCK_P": bp}, num_warps=nw, num_stages=ns)
+    for bp in (32, 64, 128)
+    for nw in (4, 8)
+    for ns in (1, 2)
+]
+# Programs per SM in the persistent grid: enough to hide latency, few enough to
+# amortise the weight loads.
+_PROGRAMS_PER_SM = 8
+_tuned: Any = None
+
+
+def _autotuned() -> Any:
+    global _tuned
+    if _tuned is None:
+        _tuned = triton.autotune(configs=_CONFIGS, key=["C", "HW"])(spectral_gate_kernel)
+    return _tuned
+
+
+def _check(re: torch.Tensor, im: torch.Tensor, w_g: torch.Tensor, b_g: torch.Tensor,
+           w_s: torch.Tensor, b_s: torch.Tensor) -> None:
+    if re.dim() != 4 or re.shape != im.shape:
+        raise ShapeError(
+            f"spectral_gate: re {tuple(re.shape)} and im {tuple(im.shape)} must both be [B, C, H, Wf]",
+            "pass the .real and .imag of one rfft2 spectrum",
+        )
+    c2 = 2 * re.shape[1]
+    for name, t, shape in (("w_g", w_g, (c2, c2)), ("w_s", w_s, (c2, c2)), ("b_g", b_g, (c2,)), ("b_s", b_s, (c2,))):
+        if tuple(t.shape) != shape:
+            raise ShapeError(
+                f"spectral_gate: {name} has shape {tuple(t.shape)}, expected {shape} for C={c2 // 2}",
+                "use [2C, 2C] weights (a 1x1 conv weight squeezed) and [2C] biases",
+            )
+
+
+def spectral_gate_triton(
+    re: torch.Tensor,
+    im: torch.Tensor,
+    w_g: torch.Tensor,
+    b_g: torch.Tensor,
+    w_s: torch.Tensor,
+    b_s: torch.Tensor,
+    block_p: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused kernel. re/im may be strided views (e.g. `.real`/`.imag` of rfft2).
+
+    Outputs are new contiguous tensors of re's dtype. `block_p` pins the tile
+    width instead of autotuning (always pinned under the interpreter).
+    """
+    _check(re, im, w_g, b_g, w_s, b_s)
+    kt.check_float("spectral_gate", re, im, w_g, b_g, w_s, b_s)
+    B, C, H, Wf = re.shape
+    w_g, b_g, w_s, b_s = (t.contiguous() for t in (w_g, b_g, w_s, b_s))
+    ore = torch.empty((B, C, H, Wf), dtype=re.dtype, device=re.device)
+    oim = torch.empty_like(ore)
+    if ore.numel() == 0:
+        return ore, oim
+    HW = H * Wf
+    max_progs = kt.num_sms(re.device) * _PROGRAMS_PER_SM
+    args = (re, im, w_g, b_g, w_s, b_s, B, C, HW, Wf, *re.stride(), *im.stride(), ore, oim)
+    cp = kt.next_pow2(C)
+    prec = kt.dot_precision(re.dtype)
+    up = kt.upcast_dots(re.dtype)
+
+    def grid(meta: dict[str, Any]) -> tuple[int]:
+        return (min(B * triton.cdiv(HW, meta["BLOCK_P"]), max_progs),)
+
+    if block_p is None and not kt.interpreting():
+        _autotuned()[grid](*args, CP=cp, DOT_PREC=prec, UPCAST=up)
+    else:
+        spectral_gate_kernel[grid](*args, CP=cp, BLOCK_P=block_p or 32, DOT_PREC=prec, UPCAST=up)
+    return ore, oim
