@@ -12,6 +12,18 @@ def register(target: Target, *aliases: str) -> None:
         _REGISTRY[name] = target
 
 
+def _register_tensorrt_targets() -> None:
+    # GPU and Jetson targets; imported here (not at the top) because
+    # targets.tensorrt imports targets.base from this package.
+    from lowlight.targets.tensorrt import tensorrt_targets
+
+    for target, aliases in tensorrt_targets():
+        register(target, *aliases)
+
+
+_register_tensorrt_targets()
+
+
 def get_target(name: str, trt_version: str | None = None) -> Target:
     """Look a target up by name; `trt_version` overrides its TensorRT version."""
     from lowlight.runtime.errors import TargetError

@@ -1,0 +1,92 @@
+"""Which layers Orin's DLA cannot run (they fall back to the GPU), before building.
+
+Rules (../shared/DESIGN.md; TensorRT "DLA Supported Layers and Restrictions"):
+FP16/INT8 only, static shapes, no Div/Exp/Sqrt/Pow, MatMul needs a constant
+operand, non-batch dims <= 8192; other layer kinds outside the supported list
+fall back to the GPU when GPU fallback is on (we always turn it on). The
+report is advisory: TensorRT's own `canRunOnDLA` decides at build time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+#: ONNX ops whose TensorRT layers DLA implements (conv/deconv/FC, activations,
+#: pooling, elementwise sum/sub/prod/max/min/compare, concat, scale/BN, resize,
+#: softmax, shuffles, slice, LRN) plus graph plumbing that folds away.
+DLA_OPS = frozenset("""
+Conv ConvTranspose Gemm MatMul Relu Sigmoid Tanh Clip LeakyRelu PRelu MaxPool
+AveragePool GlobalAveragePool GlobalMaxPool Add Sub Mul Max Min Equal Greater
+Less Concat BatchNormalization Resize Upsample Softmax Reshape Transpose Flatten
+Squeeze Unsqueeze Slice Split LRN Abs Identity Dropout QuantizeLinear
+DequantizeLinear Constant
+""".split())
+
+#: Called out explicitly because they are common in our models (gates, norms).
+NOT_ON_DLA = {"Div": "DLA has no Div", "Exp": "DLA has no Exp", "Sqrt": "DLA has no Sqrt", "Pow": "DLA has no Pow"}
+MAX_DIM = 8192
+
+
+@dataclass(frozen=True)
+class Fallback:
+    node: str
+    op_type: str
+    reason: str
+
+
+def dla_fallbacks(model: "onnx.ModelProto") -> list[Fallback]:
+    """Nodes DLA cannot run, with the reason; Constant nodes are never listed."""
+    from onnx import shape_inference
+
+    graph = model.graph
+    consts = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # advisory report: carry on without shapes
+        inferred = model
+    dims: dict[str, list[int | None]] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+
+    out: list[Fallback] = []
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant":
+            continue
+        name = node.name or f"#{i}:{node.op_type}"
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            out.append(Fallback(name, op, "plugin layers run on the GPU"))
+        elif op in NOT_ON_DLA:
+            out.append(Fallback(name, op, NOT_ON_DLA[op]))
+        elif op not in DLA_OPS:
+            out.append(Fallback(name, op, f"DLA has no {op} layer"))
+        elif op == "MatMul" and not any(x in consts for x in node.input[:2]):
+            out.append(Fallback(name, op, "MatMul on DLA needs a constant operand"))
+        else:
+            for t in (*node.input, *node.output):
+                shape = dims.get(t)
+                if shape is None or t in consts:
+                    continue
+                if any(d is None for d in shape):
+                    out.append(Fallback(name, op, f"tensor {t!r} has a dynamic shape"))
+                    break
+                if len(shape) >= 3 and any(d > MAX_DIM for d in shape[-3:] if d is not None):
+                    out.append(Fallback(name, op, f"tensor {t!r} has a dim > {MAX_DIM}"))
+                    break
+    return out
+
+
+def dla_report(model: "onnx.ModelProto") -> list[str]:
+    """Human-readable warnings: a summary line, then one line per GPU-fallback layer."""
+    falls = dla_fallbacks(model)
+    total = sum(1 for n in model.graph.node if n.op_type != "Constant")
+    if not falls:
+        return [f"DLA: all {total} layers can run on the DLA"]
+    lines = [f"DLA: {len(falls)} of {total} layers cannot run on the DLA and fall back to the GPU:"]
+    lines += [f"  {f.node} ({f.op_type}): {f.reason}" for f in falls]
+    return lines
