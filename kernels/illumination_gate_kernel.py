@@ -22,7 +22,7 @@ import triton.language as tl
 
 from lowlight.kernels import _triton as kt
 from lowlight.kernels._tl import mma
-from lowlight.runtime.errors import InputError, ShapeError
+from lowlight.kernels.checks import check_illumination_args
 
 
 @triton.jit
@@ -85,22 +85,6 @@ def _autotuned() -> Any:
     if _tuned is None:
         _tuned = triton.autotune(configs=_CONFIGS, key=["C", "H", "W", "K"])(illumination_gate_kernel)
     return _tuned
-
-
-def check_illumination_args(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, k: int) -> None:
-    """Shape/argument checks shared by every backend."""
-    if z.dim() != 4:
-        raise ShapeError(f"illumination_gate: z has shape {tuple(z.shape)}, expected [B, C, H, W]",
-                         "pass a 4-D feature map")
-    C = z.shape[1]
-    if tuple(w.shape) != (C, C) or tuple(b.shape) != (C,):
-        raise ShapeError(
-            f"illumination_gate: w {tuple(w.shape)} / b {tuple(b.shape)} do not match C={C}",
-            "use a [C, C] weight (1x1 conv weight squeezed) and a [C] bias",
-        )
-    if not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise InputError(f"illumination_gate: pooling size k={k!r} must be an odd int >= 1",
-                         "use k = 1, 3, 5, 7, ...")
 
 
 def illumination_gate_triton(

@@ -1,7 +1,7 @@
 """Top-2 MoE with GLU experts (MMAIF's DiT, seed 004) as grouped-GEMM Triton kernels.
 
 Built the way fast MoE kernels are (vLLM's fused_moe, MegaBlocks):
-1. route: logits = x @ w_router, fused softmax/top-2/renormalise (top2_route.py);
+1. route: logits = x @ w_router, fused softmax/top-2/renormalise (top2_route_kernel.py);
 2. align: the 2N (token, slot) assignments sorted by expert, each expert's run
    padded to BLOCK_M, so every BLOCK_M-row block belongs to one expert
    (a handful of torch ops, no host sync, no per-expert Python loop);
@@ -24,8 +24,8 @@ import triton.language as tl
 
 from lowlight.kernels import _triton as kt
 from lowlight.kernels._tl import mma
-from lowlight.kernels.top2_route import top2_route_triton
-from lowlight.runtime.errors import ShapeError
+from lowlight.kernels.top2_route_kernel import top2_route_triton
+from lowlight.kernels.checks import check_moe_args
 
 
 @triton.jit
@@ -154,27 +154,6 @@ def align_by_expert(idx: torch.Tensor, n_experts: int, block_m: int) -> tuple[to
     starts = torch.arange(0, cap, block_m, device=idx.device)
     block_expert = torch.searchsorted(pad_end, starts, right=True)
     return sorted_ids, block_expert
-
-
-def check_moe_args(x: torch.Tensor, w_router: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
-                   w2: torch.Tensor) -> None:
-    """Shape checks shared by every backend."""
-    if x.dim() != 2:
-        raise ShapeError(f"moe_top2: x has shape {tuple(x.shape)}, expected [N, D]",
-                         "flatten batch and sequence dims into tokens first")
-    D = x.shape[1]
-    if w1.dim() != 3:
-        raise ShapeError(f"moe_top2: w1 has shape {tuple(w1.shape)}, expected [E, D, F]",
-                         "stack the experts' gate weights as [E, D, F]")
-    E, _, F = w1.shape
-    want = {"w_router": (D, E), "w1": (E, D, F), "w3": (E, D, F), "w2": (E, F, D)}
-    for name, t in (("w_router", w_router), ("w1", w1), ("w3", w3), ("w2", w2)):
-        if tuple(t.shape) != want[name]:
-            raise ShapeError(f"moe_top2: {name} has shape {tuple(t.shape)}, expected {want[name]}",
-                             "w_router [D, E]; w1, w3 [E, D, F]; w2 [E, F, D]")
-    if E < 2:
-        raise ShapeError(f"moe_top2: {E} expert(s); top-2 routing needs at least 2",
-                         "use a dense GLU for a single expert")
 
 
 def moe_top2_triton(

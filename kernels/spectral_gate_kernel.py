@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from lowlight.kernels import _triton as kt
-from lowlight.kernels._tl import mma
-from lowlight.runtime.errors import ShapeError
-
 import triton
 import triton.language as tl
+
+from lowlight.kernels import _triton as kt
+from lowlight.kernels._tl import mma
+from lowlight.kernels.checks import check_spectral_args
 
 
 @triton.jit
@@ -103,22 +103,6 @@ def _autotuned() -> Any:
     return _tuned
 
 
-def _check(re: torch.Tensor, im: torch.Tensor, w_g: torch.Tensor, b_g: torch.Tensor,
-           w_s: torch.Tensor, b_s: torch.Tensor) -> None:
-    if re.dim() != 4 or re.shape != im.shape:
-        raise ShapeError(
-            f"spectral_gate: re {tuple(re.shape)} and im {tuple(im.shape)} must both be [B, C, H, Wf]",
-            "pass the .real and .imag of one rfft2 spectrum",
-        )
-    c2 = 2 * re.shape[1]
-    for name, t, shape in (("w_g", w_g, (c2, c2)), ("w_s", w_s, (c2, c2)), ("b_g", b_g, (c2,)), ("b_s", b_s, (c2,))):
-        if tuple(t.shape) != shape:
-            raise ShapeError(
-                f"spectral_gate: {name} has shape {tuple(t.shape)}, expected {shape} for C={c2 // 2}",
-                "use [2C, 2C] weights (a 1x1 conv weight squeezed) and [2C] biases",
-            )
-
-
 def spectral_gate_triton(
     re: torch.Tensor,
     im: torch.Tensor,
@@ -133,7 +117,7 @@ def spectral_gate_triton(
     Outputs are new contiguous tensors of re's dtype. `block_p` pins the tile
     width instead of autotuning (always pinned under the interpreter).
     """
-    _check(re, im, w_g, b_g, w_s, b_s)
+    check_spectral_args(re, im, w_g, b_g, w_s, b_s)
     kt.check_float("spectral_gate", re, im, w_g, b_g, w_s, b_s)
     B, C, H, Wf = re.shape
     w_g, b_g, w_s, b_s = (t.contiguous() for t in (w_g, b_g, w_s, b_s))

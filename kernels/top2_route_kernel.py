@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from lowlight.kernels import _triton as kt
-from lowlight.runtime.errors import ShapeError
+from lowlight.kernels.checks import check_route_logits
 
 
 @triton.jit
@@ -38,14 +38,6 @@ def top2_route_kernel(
     tl.store(idx_ptr + rows * 2 + 1, i2.to(tl.int64), mask=rm)
     tl.store(w_ptr + rows * 2, w1, mask=rm)
     tl.store(w_ptr + rows * 2 + 1, 1.0 - w1, mask=rm)
-
-
-def check_route_logits(logits: torch.Tensor) -> None:
-    if logits.dim() != 2 or logits.shape[1] < 2:
-        raise ShapeError(
-            f"top2_route: logits have shape {tuple(logits.shape)}, expected [N, E] with E >= 2",
-            "route over at least two experts (one expert needs no router)",
-        )
 
 
 def top2_route_triton(logits: torch.Tensor, block_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
