@@ -1,0 +1,149 @@
+"""The TensorRT build plan: everything needed to finish the engine on the device.
+
+`finish_tensorrt_bundle` is what a TensorRT target's `finish_bundle` does in
+the staging bundle: decide the build recipe for the target's TensorRT
+generation, write `build_plan.json` (and, for 10.x INT8, the float ONNX and a
+calibration cache), then build the engine right away when this host can build
+for the target, or say plainly why not and which command finishes the job.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lowlight.targets.tensorrt import TensorRTTarget
+
+PLAN_FILE = "build_plan.json"
+ENGINE_FILE = "model.engine"
+FLOAT_ONNX = "model_float.onnx"
+CALIB_CACHE = "calibration.cache"
+FINISH_COMMAND = "lowlight-compile build-engine {bundle}"
+
+
+def workspace_bytes(memory_gb: float) -> int:
+    """Builder workspace: a quarter of device memory, capped at 4 GiB.
+
+    Jetsons share DRAM between CPU and GPU, so the builder must leave room for
+    the camera pipeline; 4 GiB is plenty for conv nets at 720p.
+    """
+    return int(min(memory_gb / 4.0, 4.0) * (1 << 30))
+
+
+def make_plan(target: "TensorRTTarget", context: dict[str, Any], bundle_files: dict[str, str]) -> dict[str, Any]:
+    """The build recipe (JSON-able) for `target` from the spine's finish context."""
+    import onnx
+
+    from lowlight.targets.tensorrt import CUSTOM_DOMAIN, PLUGIN_NAMESPACE
+
+    spec, version, caps = target.spec, target.version, target.caps
+    precision = str(context["precision"])
+    onnx_name = bundle_files.get("onnx", "model.onnx")
+    model = onnx.load(str(Path(context["model_path"])), load_external_data=False)
+    plugins: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.domain == CUSTOM_DOMAIN:
+            plugins[node.op_type] = plugins.get(node.op_type, 0) + 1
+    flags: list[str] = []
+    if caps.strongly_typed_only:
+        flags.append("STRONGLY_TYPED")  # precisions come from the ONNX types and Q/DQ
+    else:
+        if precision in ("fp16", "int8"):
+            flags.append("FP16")  # layers kept in float (the spectral path) run FP16
+        if precision == "int8":
+            flags.append("INT8")
+    dla = bool(context.get("dla"))
+    if dla:
+        flags.append("GPU_FALLBACK")
+    if plugins and caps.aot_plugins:
+        flags.append("PREFER_AOT_PYTHON_PLUGINS")
+    shapes = {k: [int(d) for d in v] for k, v in dict(context.get("input_shapes", {})).items()}
+    return {
+        "format": 1,
+        "target": target.name,
+        "device": spec.display,
+        "arch": spec.arch,
+        "trt_version": str(version),
+        "jetson": spec.jetson,
+        "precision": precision,
+        "onnx": onnx_name,
+        "qdq_onnx": "model.onnx" if precision == "int8" else None,
+        "int8_mode": (None if precision != "int8" else ("explicit-qdq" if caps.strongly_typed_only else "implicit-calibration-cache")),
+        "calibration_cache": bundle_files.get("calibration_cache"),
+        "flags": flags,
+        "workspace_bytes": workspace_bytes(spec.memory_gb),
+        # Static shapes (the compile's --shape): one profile with min = opt = max.
+        "profiles": [{name: {"min": s, "opt": s, "max": s} for name, s in shapes.items()}],
+        "dla_core": 0 if dla else None,
+        "plugins": [{"op": op, "namespace": PLUGIN_NAMESPACE, "nodes": n} for op, n in sorted(plugins.items())],
+        "inputs": {name: {"shape": s, "dtype": "float32"} for name, s in shapes.items()},
+        "outputs": list(context.get("output_names", [])),
+        "timing_cache": f"timing-trt{version}-{spec.arch}.cache",
+        "engine": ENGINE_FILE,
+        "verify": {
+            "reference": Path(str(context.get("reference_path", "reference.npz"))).name,
+            "min_fidelity": float(dict(context.get("verify", {})).get("min_fidelity", 35.0)),
+        },
+    }
+
+
+def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Write plan (+ float ONNX and calibration cache for 10.x INT8); build if this host can.
+
+    Returns the manifest entries (one "tensorrt" section).
+    """
+    import onnx
+
+    from lowlight.compile.calib_cache import cache_for_float_model
+    from lowlight.compile.engine import build_blocker
+
+    staging = Path(staging_dir)
+    caps = target.caps
+    precision = str(context["precision"])
+    files: dict[str, str] = {"onnx": "model.onnx"}
+    notes: list[str] = []
+    if precision == "int8" and caps.implicit_int8_cache:
+        # TensorRT 10.x implicit INT8: float graph + calibration cache keyed by its tensor names.
+        float_src = context.get("float_model_path")
+        if not float_src or not Path(str(float_src)).exists():
+            from lowlight.runtime.errors import BundleError
+
+            raise BundleError("INT8 for TensorRT 10.x needs the lowered float ONNX, which is missing", "recompile with --force")
+        shutil.copyfile(str(float_src), staging / FLOAT_ONNX)
+        files["onnx"] = FLOAT_ONNX
+        qdq = onnx.load(str(context["model_path"]), load_external_data=False)
+        flt = onnx.load(str(staging / FLOAT_ONNX), load_external_data=False)
+        _, dropped = cache_for_float_model(qdq, flt, staging / CALIB_CACHE, target.version.code)
+        files["calibration_cache"] = CALIB_CACHE
+        if dropped:
+            notes.append(f"{len(dropped)} Q/DQ tensor(s) have no same-named tensor in the float ONNX and were left out of the cache")
+    plan = make_plan(target, context, files)
+    (staging / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+
+    section: dict[str, Any] = {
+        "plan": PLAN_FILE,
+        "trt_version": plan["trt_version"],
+        "arch": plan["arch"],
+        "onnx": plan["onnx"],
+        "calibration_cache": plan["calibration_cache"],
+        "dla": plan["dla_core"] is not None,
+        "engine": None,
+        "notes": notes,
+    }
+    blocker = build_blocker(target)
+    if blocker is None:
+        from lowlight.compile.engine import build_engine
+
+        info = build_engine(staging, plan, Path(str(context.get("cache_dir", staging))))
+        section.update(info)
+        section["status"] = f"engine built ({plan['engine']}, TensorRT {info['engine_trt_version']}, {info['engine_arch']})"
+    else:
+        section["status"] = (
+            f"engine NOT built yet: {blocker}. The bundle carries the lowered ONNX"
+            + (", the calibration cache" if plan["calibration_cache"] else "")
+            + " and build_plan.json; on the device run: " + FINISH_COMMAND.format(bundle="BUNDLE")
+        )
+        section["finish_command"] = FINISH_COMMAND.format(bundle="BUNDLE")
+    return {"tensorrt": section}

@@ -1,0 +1,182 @@
+"""Build a TensorRT engine from a bundle's build plan (TensorRT Python API).
+
+Strongly typed networks for TensorRT 11.x (precisions from the ONNX types and
+Q/DQ), FP16/INT8 builder flags plus a calibration cache for 10.x, workspace
+from the device memory, one optimization profile per plan, a timing cache
+kept in the cache directory and reused across builds, a DLA core with GPU
+fallback when asked, and our AOT plugins registered before parsing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+    from lowlight.targets.tensorrt import TensorRTTarget
+
+
+def build_blocker(target: "TensorRTTarget") -> str | None:
+    """Why this host cannot build `target`'s engine, or None when it can."""
+    from lowlight.runtime.tensorrt_backend import host_gpu_arch, host_is_jetson, host_trt_version
+
+    have_trt = host_trt_version()
+    if have_trt is None:
+        return "TensorRT is not installed on this host (the tensorrt Python package does not import)"
+    if target.spec.jetson and not host_is_jetson():
+        return f"{target.spec.display} engines must be built on the Jetson itself (TensorRT cannot cross-build for Jetson on x86)"
+    arch = host_gpu_arch()
+    if arch is None:
+        return "this host has no usable CUDA GPU (or pycuda is missing)"
+    if arch != target.spec.arch:
+        return f"this host's GPU is {arch}, the target is {target.spec.arch} (engines are not portable across architectures)"
+    want = target.version
+    got = have_trt.split(".")
+    if (int(got[0]), int(got[1])) != (want.major, want.minor) or (want.patch is not None and len(got) > 2 and int(got[2]) != want.patch):
+        return f"this host has TensorRT {have_trt}, the target runs TensorRT {want} (engines are not portable across versions)"
+    return None
+
+
+def _calibrator(trt_mod: Any, cache_bytes: bytes) -> "trt.IInt8Calibrator":
+    """A calibrator that never sees data: it hands TensorRT our cache."""
+
+    class CacheCalibrator(trt_mod.IInt8MinMaxCalibrator):  # type: ignore[misc]  # base is Any
+        def __init__(self) -> None:
+            trt_mod.IInt8MinMaxCalibrator.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            return None  # no data: the cache holds every scale
+
+        def read_calibration_cache(self) -> bytes:
+            return cache_bytes
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
+def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | Path,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build `plan["engine"]` inside `bundle_dir`; returns manifest entries for it."""
+    import tensorrt as trt
+
+    from lowlight.runtime.errors import TargetError
+    from lowlight.runtime.tensorrt_backend import host_gpu_arch
+
+    bundle = Path(bundle_dir)
+    logger = trt.Logger(trt.Logger.WARNING)
+    if plan.get("plugins"):
+        # Our AOT plugins must be in the registry before the parser meets their nodes.
+        from lowlight.kernels.trt_plugins import register_plugins  # type: ignore[import-not-found,unused-ignore]
+
+        register_plugins()
+    trt.init_libnvinfer_plugins(logger, "")
+
+    builder = trt.Builder(logger)
+    flags = set(plan.get("flags", []))
+    net_flags = 0
+    if "STRONGLY_TYPED" in flags:
+        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if "PREFER_AOT_PYTHON_PLUGINS" in flags:
+        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+    network = builder.create_network(net_flags)
+    parser = trt.OnnxParser(network, logger)
+    onnx_path = bundle / str(plan["onnx"])
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            errors.append(f"{err.node_name()} ({err.node_operator()}): {err.desc()}")
+        raise TargetError(
+            f"TensorRT {trt.__version__} could not parse {onnx_path.name}:\n  " + "\n  ".join(errors),
+            "recompile for this device's TensorRT with --trt-version, or report the node above",
+        )
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan["workspace_bytes"]))
+    if "FP16" in flags:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if "INT8" in flags:
+        config.set_flag(trt.BuilderFlag.INT8)
+        cache_name = plan.get("calibration_cache")
+        if cache_name:
+            config.int8_calibrator = _calibrator(trt, (bundle / str(cache_name)).read_bytes())
+    if plan.get("dla_core") is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(plan["dla_core"])
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    for prof in plan.get("profiles", []):
+        if not prof:
+            continue
+        profile = builder.create_optimization_profile()
+        for name, s in prof.items():
+            profile.set_shape(name, trt.Dims(s["min"]), trt.Dims(s["opt"]), trt.Dims(s["max"]))
+        config.add_optimization_profile(profile)
+
+    # Timing cache: tactic timings survive across builds of the same TRT + GPU.
+    cache_path = Path(cache_dir) / str(plan.get("timing_cache", "timing.cache"))
+    timing = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(timing, False)
+
+    log(f"building TensorRT engine for {plan['target']} ({plan['precision']}, flags {sorted(flags)}) ...")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TargetError("TensorRT failed to build the engine (see its log above)", "try --precision fp16, or drop --dla")
+    engine_path = bundle / str(plan["engine"])
+    engine_path.write_bytes(bytes(memoryview(serialized)))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    return {
+        "engine": engine_path.name,
+        "engine_trt_version": str(trt.__version__),
+        "engine_arch": host_gpu_arch() or str(plan["arch"]),
+        "timing_cache": str(cache_path),
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
+    """PSNR in dB of `a` against `b` (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(data_range**2 / mse))
+
+
+def verify_engine(bundle_dir: str | Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """Run the engine on the bundled reference inputs; PSNR vs the FP32 PyTorch outputs."""
+    from lowlight.runtime.errors import VerificationError
+    from lowlight.runtime.tensorrt_backend import TensorRTBackend
+
+    bundle = Path(bundle_dir)
+    ref = np.load(bundle / str(plan["verify"]["reference"]))
+    backend = TensorRTBackend(bundle / str(plan["engine"]))
+    inputs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("input:"))
+    outputs = backend.run({n: ref[f"input:{n}"] for n in inputs})
+    scores = {n: psnr(outputs[n], ref[f"output:{n}"]) for n in backend.output_names if f"output:{n}" in ref.files}
+    worst = min(scores.values()) if scores else float("inf")
+    floor = float(plan["verify"]["min_fidelity"])
+    result = {"fidelity_psnr_db": scores, "min_fidelity": floor, "passed": worst >= floor}
+    if worst < floor:
+        raise VerificationError(
+            f"engine output is {worst:.2f} dB from the FP32 reference, below {floor} dB",
+            "rebuild with --precision fp16, or recompile with more calibration frames",
+        )
+    return result
+
+
+def load_plan(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read a bundle's build_plan.json (BundleError when missing)."""
+    from lowlight.compile.build_plan import PLAN_FILE
+    from lowlight.runtime.errors import BundleError
+
+    path = Path(bundle_dir) / PLAN_FILE
+    if not path.exists():
+        raise BundleError(f"{bundle_dir} has no {PLAN_FILE}", "compile it with a GPU/Jetson --target")
+    plan: dict[str, Any] = json.loads(path.read_text())
+    return plan
