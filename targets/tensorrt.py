@@ -216,12 +216,21 @@ def _facts(device: DeviceSpec, version: TrtVersion) -> dict[str, Any]:
         "dram_gbps": device.dram_gbps,
         "memory_gb": device.memory_gb,
         "dla_cores": device.dla_cores,
-        "stack": device.stack,
+        "stack": _stack(device, version),
         "trt_version": str(version),
         "default_trt_version": device.default_trt,
         "approximate_peaks": device.approximate,
         **caps.as_dict(),
     }
+
+
+def _stack(device: DeviceSpec, version: TrtVersion) -> str:
+    """The software stack that ships `version` on `device` (JetPack for Jetsons)."""
+    if str(version) == device.default_trt:
+        return device.stack
+    if device.key.startswith("jetson-orin") and version.at_least(11, 4):
+        return "JetPack 7.2.2+"
+    return f"{device.stack.split(' + ')[0]} + TensorRT {version}" if not device.jetson else f"JetPack with TensorRT {version}"
 
 
 def _build(name: str, device: DeviceSpec, trt_version: str | None = None) -> TensorRTTarget:

@@ -1,0 +1,90 @@
+"""`lowlight-compile build-engine BUNDLE`: finish a bundle's TensorRT engine on the device.
+
+Reads build_plan.json, checks that this machine can build for the bundle's
+target (TensorRT version, GPU architecture, Jetson-ness), builds the engine,
+verifies it against the bundled FP32 reference outputs, and records both in
+manifest.json (with the engine's hash).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the `build-engine` subcommand."""
+    parser.add_argument("bundle", help="bundle directory written by `lowlight-compile --target ...`")
+    parser.add_argument("--cache-dir", default=None, help="where the TensorRT timing cache lives (default: ~/.cache/lowlight-compile)")
+    parser.add_argument("--dla-core", type=int, default=None, help="override the plan's DLA core (Jetson AGX/NX only)")
+    parser.add_argument("--no-verify", action="store_true", help="skip verification against the bundled reference outputs")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the bundle already has an engine")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def update_manifest(bundle: Path, section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
+    """Merge `section` into manifest["tensorrt"], hash `new_files`, write atomically."""
+    path = bundle / "manifest.json"
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    manifest.setdefault("tensorrt", {}).update(section)
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        sample = next(iter(files.values()), None)
+        for name in new_files:
+            digest = _sha256(bundle / name)
+            if isinstance(sample, dict):  # {"name": {"sha256": ..., "bytes": ...}}
+                files[name] = {"sha256": digest, "bytes": (bundle / name).stat().st_size}
+            else:  # {"name": "sha256"}
+                files[name] = digest
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (and verify) the engine described by the bundle's plan."""
+    from lowlight.compile.engine import build_blocker, build_engine, load_plan, verify_engine
+    from lowlight.runtime.errors import BundleError, TargetError
+    from lowlight.targets import get_target
+
+    bundle = Path(args.bundle)
+    if not (bundle / "manifest.json").exists():
+        raise BundleError(f"{bundle} is not a bundle (no manifest.json)", "pass the directory `lowlight-compile --out` wrote")
+    plan = load_plan(bundle)
+    if args.dla_core is not None:
+        plan["dla_core"] = args.dla_core
+        if "GPU_FALLBACK" not in plan["flags"]:
+            plan["flags"].append("GPU_FALLBACK")
+    engine_path = bundle / str(plan["engine"])
+    if engine_path.exists() and not args.force:
+        print(f"{engine_path} exists; use --force to rebuild")
+        return 0
+    target = get_target(str(plan["target"]), str(plan["trt_version"]))
+    blocker = build_blocker(target)
+    if blocker is not None:
+        raise TargetError(
+            f"cannot build the engine for {plan['target']} here: {blocker}",
+            f"run this command on a {plan['device']} ({plan['arch']}) with TensorRT {plan['trt_version']}",
+        )
+    cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "lowlight-compile")
+    info = build_engine(bundle, plan, cache_dir)
+    section: dict[str, Any] = dict(info)
+    section["status"] = f"engine built on this device ({info['engine_trt_version']}, {info['engine_arch']})"
+    if not args.no_verify:
+        section["engine_verify"] = verify_engine(bundle, plan)
+        worst = min(section["engine_verify"]["fidelity_psnr_db"].values(), default=float("inf"))
+        print(f"engine fidelity vs FP32 reference: {worst:.2f} dB (min {plan['verify']['min_fidelity']} dB): PASS")
+    update_manifest(bundle, section, [str(plan["engine"])])
+    print(f"engine written: {engine_path}")
+    return 0
