@@ -6,7 +6,8 @@ Public API (torch tensors in and out)::
     illumination_gate(z, w, b, k)             -> (high_gated, low)
     moe_top2(x, w_router, w1, w3, w2)         -> y
     top2_route(logits)                        -> (indices, weights)
-    onnx_translation_table()                  -> {torch op: onnxscript function}
+    onnx_translation_table()                  -> {torch op: ONNX translation}
+    export_onnx(module, args, **kw)           -> onnx.ModelProto (lowlight nodes + bodies)
     triton_on_cpu()                           -> context: run Triton (interpreter) on CPU
 
 The first three are `torch.ops.lowlight.*` custom ops. CUDA tensors run the
@@ -28,6 +29,7 @@ _LAZY = {
     "top2_route": "ops",
     "triton_on_cpu": "_triton",
     "onnx_translation_table": "onnx_export",
+    "export_onnx": "onnx_export",
     "reference": "reference",
 }
 

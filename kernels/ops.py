@@ -55,7 +55,7 @@ def _spectral_gate_op(re: Tensor, im: Tensor, w_g: Tensor, b_g: Tensor, w_s: Ten
     from lowlight.kernels.checks import check_spectral_args
     check_spectral_args(re, im, w_g, b_g, w_s, b_s)
     o_re, o_im = ref.spectral_gate_ref(re, im, w_g, b_g, w_s, b_s)
-    return o_re.contiguous(), o_im.contiguous()  # custom ops may not return views
+    return o_re.clone(), o_im.clone()  # custom ops may not return views (of one buffer)
 
 
 @_spectral_gate_op.register_fake

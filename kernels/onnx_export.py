@@ -1,0 +1,220 @@
+"""ONNX export of the custom ops: one node per op in domain `lowlight`, plus its body as a local function.
+
+`onnx_translation_table()` goes to `torch.onnx.export(..., dynamo=True,
+custom_translation_table=...)`; each `lowlight::*` torch op becomes ONE node
+(`SpectralGate`, `IlluminationGate`, `MoETop2`; domain `lowlight`, opset 1).
+`attach_functions(model)` then adds each op's body, a model-local ONNX function
+of standard ops, so onnxruntime (which inlines local functions) runs the graph
+as is. `export_onnx(module, args)` does both. The lowering pass
+(`lowlight.compile.lower_custom_ops`) later inlines the bodies (onnxruntime,
+TensorRT < 10.9) or strips them and marks the node for our TensorRT plugin.
+
+Why bodies are attached after export, not by the exporter: torch 2.13's dynamo
+exporter always runs onnxscript's version converter (and, with optimize=True,
+the optimizer), and both inline every model-local function first: a
+translation that is an onnxscript function comes out as its decomposition,
+with nothing left to say where it was. So the translation emits a bare node of
+a registered ONNX schema (`register_onnx_schemas`), which the exporter passes
+leave alone, and the bodies are attached afterwards.
+
+Bodies (why these forms):
+- SpectralGate: Concat + two 1x1 Conv (TensorRT maps Conv well; weights fold to
+  constants), `fg + fg*S` instead of `f*G*(1+S)`: no typed constant, so the
+  body is dtype-generic (fp32/fp16/bf16).
+- IlluminationGate: AveragePool with auto_pad SAME_UPPER (= pad k//2 on each
+  side for odd k, stride 1), count_include_pad=0. The node carries
+  `kernel_shape=[k, k]`: function attributes can be referenced, not computed.
+- MoETop2: dense in standard ops (every expert on every token, gated by the
+  scattered top-2 weights): exact and loop-free, E/2 times the sparse FLOPs.
+"""
+# No `from __future__ import annotations`: onnxscript and the exporter read
+# these annotations (type constraints of the functions).
+from typing import Any, Callable, Dict, List, Sequence, Tuple, TypeVar, Union
+
+import onnx
+from onnx import defs
+
+import onnxscript
+from onnxscript import BFLOAT16, FLOAT, FLOAT16
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+DOMAIN = "lowlight"
+DOMAIN_VERSION = 1
+lowlight = Opset(DOMAIN, DOMAIN_VERSION)
+T = TypeVar("T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
+
+
+@onnxscript.script(lowlight, default_opset=op)
+def SpectralGate(re: T, im: T, w_g: T, b_g: T, w_s: T, b_s: T) -> Tuple[T, T]:
+    axes = op.Constant(value_ints=[2, 3])
+    f = op.Concat(re, im, axis=1)
+    g = op.Sigmoid(op.Conv(f, op.Unsqueeze(w_g, axes), b_g))
+    s = op.Tanh(op.Conv(f, op.Unsqueeze(w_s, axes), b_s))
+    fg = op.Mul(f, g)
+    out = op.Add(fg, op.Mul(fg, s))
+    re_out, im_out = op.Split(out, axis=1, num_outputs=2)
+    return re_out, im_out
+
+
+@onnxscript.script(lowlight, default_opset=op)
+def IlluminationGate(z: T, w: T, b: T, kernel_shape: Sequence[int]) -> Tuple[T, T]:
+    axes = op.Constant(value_ints=[2, 3])
+    low = op.AveragePool(z, auto_pad="SAME_UPPER", count_include_pad=0, kernel_shape=kernel_shape)
+    gate = op.Sigmoid(op.Conv(low, op.Unsqueeze(w, axes), b))
+    high = op.Mul(op.Sub(z, low), gate)
+    return high, low
+
+
+@onnxscript.script(lowlight, default_opset=op)
+def MoETop2(x: T, w_router: T, w1: T, w3: T, w2: T) -> T:
+    probs = op.Softmax(op.MatMul(x, w_router), axis=-1)  # [N, E]
+    k2 = op.Constant(value_ints=[2])
+    vals, idx = op.TopK(probs, k2, axis=-1)
+    last = op.Constant(value_ints=[-1])
+    wts = op.Div(vals, op.ReduceSum(vals, last, keepdims=1))
+    zeros = op.Sub(probs, probs)
+    gate = op.ScatterElements(zeros, idx, wts, axis=1)  # [N, E], two non-zeros per row
+    xe = op.Unsqueeze(x, op.Constant(value_ints=[0]))  # [1, N, D] broadcasts over experts
+    h1 = op.MatMul(xe, w1)  # [E, N, F]
+    h = op.Mul(op.Mul(h1, op.Sigmoid(h1)), op.MatMul(xe, w3))
+    ye = op.MatMul(h, w2)  # [E, N, D]
+    ge = op.Unsqueeze(op.Transpose(gate, perm=[1, 0]), op.Constant(value_ints=[2]))  # [E, N, 1]
+    return op.ReduceSum(op.Mul(ye, ge), op.Constant(value_ints=[0]), keepdims=0)
+
+
+#: Body of each op type (onnxscript functions written against opset 18).
+FUNCTIONS = {"SpectralGate": SpectralGate, "IlluminationGate": IlluminationGate, "MoETop2": MoETop2}
+#: Torch op name -> ONNX op type.
+OP_TYPES = {"spectral_gate": "SpectralGate", "illumination_gate": "IlluminationGate", "moe_top2": "MoETop2"}
+_BODY_OPSET = 18
+
+_IO = {
+    "SpectralGate": (["re", "im", "w_g", "b_g", "w_s", "b_s"], ["re_out", "im_out"]),
+    "IlluminationGate": (["z", "w", "b"], ["high_gated", "low"]),
+    "MoETop2": (["x", "w_router", "w1", "w3", "w2"], ["y"]),
+}
+
+
+def register_onnx_schemas() -> None:
+    """Register the `lowlight` op schemas with onnx (idempotent).
+
+    Lets onnxscript emit the ops as plain nodes and onnx.checker validate them.
+    """
+    types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    for name, (ins, outs) in _IO.items():
+        if defs.has(name, DOMAIN):
+            continue
+        attrs = []
+        if name == "IlluminationGate":
+            attrs = [defs.OpSchema.Attribute("kernel_shape", defs.OpSchema.AttrType.INTS, "pool size [k, k], k odd")]
+        schema = defs.OpSchema(
+            name, DOMAIN, DOMAIN_VERSION,
+            doc=f"lowlight.kernels {name}; body: lowlight.kernels.onnx_export.{name}",
+            inputs=[defs.OpSchema.FormalParameter(n, "T") for n in ins],
+            outputs=[defs.OpSchema.FormalParameter(n, "T") for n in outs],
+            type_constraints=[("T", types, "float tensors")],
+            attributes=attrs,
+        )
+        defs.register_schema(schema)
+
+
+def _node_ops() -> Opset:
+    register_onnx_schemas()
+    return Opset(DOMAIN, DOMAIN_VERSION)
+
+
+def _spectral_gate(re: Any, im: Any, w_g: Any, b_g: Any, w_s: Any, b_s: Any) -> Any:
+    return _node_ops().SpectralGate(re, im, w_g, b_g, w_s, b_s)
+
+
+def _illumination_gate(z: Any, w: Any, b: Any, k: int) -> Any:
+    # The torch op takes k; the ONNX node takes kernel_shape (see module doc).
+    return _node_ops().IlluminationGate(z, w, b, kernel_shape=[int(k), int(k)])
+
+
+def _moe_top2(x: Any, w_router: Any, w1: Any, w3: Any, w2: Any) -> Any:
+    return _node_ops().MoETop2(x, w_router, w1, w3, w2)
+
+
+def onnx_translation_table() -> Dict[Any, Callable[..., Any]]:
+    """`{torch.ops.lowlight.<op>.default: translation}` for the dynamo ONNX exporter.
+
+    Each translation emits one `lowlight` node; run `attach_functions` on the
+    result (or use `export_onnx`) before giving the model to onnxruntime.
+    """
+    import torch
+
+    from lowlight.kernels import register_ops
+
+    register_ops()
+    register_onnx_schemas()
+    return {
+        torch.ops.lowlight.spectral_gate.default: _spectral_gate,
+        torch.ops.lowlight.illumination_gate.default: _illumination_gate,
+        torch.ops.lowlight.moe_top2.default: _moe_top2,
+    }
+
+
+def _model_opset(model: onnx.ModelProto, domain: str = "") -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return imp.version
+    return None
+
+
+def function_proto(op_type: str, onnx_opset: int = _BODY_OPSET) -> onnx.FunctionProto:
+    """The body of `op_type` as a FunctionProto importing the standard domain at `onnx_opset`.
+
+    The bodies use only ops whose semantics are unchanged from opset 18 to 23,
+    so they are stamped with the model's own opset (onnxruntime wants function
+    and model to agree).
+    """
+    if onnx_opset < _BODY_OPSET:
+        from lowlight.runtime.errors import TargetError
+
+        raise TargetError(f"ONNX opset {onnx_opset} is too old for the lowlight op bodies",
+                          f"export with opset_version >= {_BODY_OPSET}")
+    proto = FUNCTIONS[op_type].to_function_proto()
+    for imp in proto.opset_import:
+        if imp.domain == "":
+            imp.version = onnx_opset
+    return proto
+
+
+def lowlight_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """Main-graph nodes in the lowlight domain (subgraphs are not searched: the exporter emits none there)."""
+    return [n for n in model.graph.node if n.domain == DOMAIN]
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of `model` whose lowlight nodes have their bodies as local functions (idempotent)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    used = {n.op_type for n in lowlight_nodes(out)}
+    if not used:
+        return out
+    opset = _model_opset(out) or _BODY_OPSET
+    have = {(f.domain, f.name) for f in out.functions}
+    for op_type in sorted(used):
+        if op_type not in FUNCTIONS:
+            from lowlight.runtime.errors import TargetError
+
+            raise TargetError(f"unknown lowlight op {op_type!r} in the graph",
+                              f"known ops: {sorted(FUNCTIONS)}; re-export with this lowlight version")
+        if (DOMAIN, op_type) not in have:
+            out.functions.append(function_proto(op_type, opset))
+    if _model_opset(out, DOMAIN) is None:
+        out.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return out
+
+
+def export_onnx(module: Any, args: Tuple[Any, ...], **kwargs: Any) -> onnx.ModelProto:
+    """`torch.onnx.export(module, args, dynamo=True, custom_translation_table=...)` + `attach_functions`.
+
+    Extra keyword arguments go to `torch.onnx.export`. The result runs in onnxruntime as is.
+    """
+    import torch
+
+    prog = torch.onnx.export(module, args, dynamo=True, custom_translation_table=onnx_translation_table(), **kwargs)
+    return attach_functions(prog.model_proto)
