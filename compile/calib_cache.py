@@ -58,6 +58,16 @@ def scales_from_qdq(qdq: "onnx.ModelProto") -> dict[str, float]:
     return out
 
 
+def dequantized_names(qdq: "onnx.ModelProto") -> dict[str, list[str]]:
+    """Tensor quantized -> names of its DequantizeLinear outputs (its float re-entries)."""
+    q_out = {n.output[0]: n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    out: dict[str, list[str]] = {}
+    for n in qdq.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in q_out:
+            out.setdefault(q_out[n.input[0]], []).append(n.output[0])
+    return out
+
+
 def tensor_names(model: "onnx.ModelProto") -> set[str]:
     """Every tensor TensorRT can see by name: graph inputs and node outputs."""
     names = {i.name for i in model.graph.input}
@@ -104,6 +114,17 @@ def cache_for_float_model(
     """
     scales = scales_from_qdq(qdq)
     known = tensor_names(float_model)
-    kept = {k: v for k, v in scales.items() if k in known}
-    dropped = sorted(set(scales) - set(kept))
+    aliases = dequantized_names(qdq)
+    kept: dict[str, float] = {}
+    dropped: list[str] = []
+    for name, scale in scales.items():
+        # Quantizers may rename a tensor (onnxruntime does for graph outputs:
+        # "out" -> "out_QuantizeLinear_Input"); the DequantizeLinear output then
+        # carries the float graph's name.
+        match = name if name in known else next((a for a in aliases.get(name, []) if a in known), None)
+        if match is None:
+            dropped.append(name)
+        else:
+            kept[match] = scale
+    dropped.sort()
     return write_cache(path, kept, trt_code), dropped

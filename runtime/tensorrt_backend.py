@@ -61,10 +61,11 @@ def host_trt_version() -> str | None:
     """The importable tensorrt's version string, or None."""
     try:
         import tensorrt as trt
-
-        return str(trt.__version__)
     except Exception:
         return None
+    # The type stubs alone make `tensorrt` an importable namespace package: not TensorRT.
+    version = getattr(trt, "__version__", None)
+    return str(version) if version is not None and hasattr(trt, "Builder") else None
 
 
 def engine_info(manifest: dict[str, Any]) -> dict[str, Any]:

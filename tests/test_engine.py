@@ -1,0 +1,119 @@
+"""Engine build / TensorRT runtime: what can be checked here, and the real build where TensorRT imports."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lowlight.compile import cmd_build_engine
+from lowlight.compile.engine import build_blocker, psnr
+from lowlight.runtime.errors import BundleError, TargetError
+from lowlight.runtime.tensorrt_backend import host_trt_version, tensorrt_available
+from lowlight.targets import get_target
+
+HAVE_TRT = host_trt_version() is not None
+needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="TensorRT cannot be imported here (only tensorrt-stubs are installed)")
+
+
+def test_build_blocker_explains_why() -> None:
+    reason = build_blocker(get_target("jetson-orin"))
+    if not HAVE_TRT:
+        assert reason is not None and "TensorRT is not installed" in reason
+    else:
+        assert reason is not None  # a Jetson engine is never built off the Jetson... unless this is one
+
+
+def test_tensorrt_available_names_both_sides() -> None:
+    ok, why = tensorrt_available({"tensorrt": {"engine": None}})
+    assert not ok and "build-engine" in why
+    ok, why = tensorrt_available({"tensorrt": {"engine": "model.engine", "engine_trt_version": "10.3.0", "engine_arch": "sm_87"}})
+    if not HAVE_TRT:
+        assert not ok and "10.3.0" in why and "sm_87" in why
+    ok, why = tensorrt_available({})
+    assert not ok
+
+
+def test_psnr() -> None:
+    a = np.zeros((4, 4), np.float32)
+    assert psnr(a, a) == float("inf")
+    assert abs(psnr(a + 0.1, a) - 20.0) < 1e-4
+
+
+def _host_target() -> str:
+    """A registered desktop target with this host's GPU architecture (rtx-4090 without a GPU)."""
+    from lowlight.runtime.tensorrt_backend import host_gpu_arch
+    from lowlight.targets import names
+
+    arch = host_gpu_arch()
+    for name in names():
+        t = get_target(name)
+        if t.runtime == "tensorrt" and t.facts.get("arch") == arch and not name.startswith("jetson"):
+            return name
+    return "rtx-4090"
+
+
+def _bundle(tmp_path: Path) -> Path:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    g = helper.make_graph([helper.make_node("Relu", ["rgb"], ["out"], name="r")], "g",
+                          [helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), bundle / "model.onnx")
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    np.savez(bundle / "reference.npz", **{"input:rgb": x, "output:out": np.maximum(x, 0)})
+    ctx = {"model_path": str(bundle / "model.onnx"), "float_model_path": str(bundle / "model.onnx"), "precision": "fp16",
+           "input_shapes": {"rgb": [1, 3, 8, 8]}, "output_names": ["out"], "reference_path": str(bundle / "reference.npz"),
+           "cache_dir": str(tmp_path / "cache"), "dla": False, "verify": {"min_fidelity": 35.0}}
+    target = get_target(_host_target(), host_trt_version() or "10.13")
+    entries = target.finish_bundle(str(bundle), ctx)
+    (bundle / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "x"}, **entries}))
+    return bundle
+
+
+def _args(bundle: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cmd_build_engine.add_arguments(parser)
+    return parser.parse_args([str(bundle), *extra])
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the no-TensorRT path")
+def test_build_engine_command_refuses_with_reason_here(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["tensorrt"]["engine"] is None and "NOT built" in manifest["tensorrt"]["status"]
+    with pytest.raises(TargetError) as err:
+        cmd_build_engine.run(_args(bundle))
+    assert "TensorRT is not installed" in err.value.what and "TensorRT 10.13" in (err.value.fix or "")
+    with pytest.raises(BundleError):
+        cmd_build_engine.run(_args(tmp_path))
+
+
+def test_update_manifest_hashes_new_files(tmp_path: Path) -> None:
+    (tmp_path / "model.engine").write_bytes(b"engine")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": {"sha256": "0", "bytes": 1}}}))
+    m = cmd_build_engine.update_manifest(tmp_path, {"engine": "model.engine"}, ["model.engine"])
+    assert m["tensorrt"]["engine"] == "model.engine"
+    import hashlib
+
+    assert m["files"]["model.engine"]["sha256"] == hashlib.sha256(b"engine").hexdigest()
+
+
+@needs_trt
+def test_build_and_run_engine_on_this_gpu(tmp_path: Path) -> None:
+    from lowlight.runtime.tensorrt_backend import TensorRTBackend
+
+    bundle = _bundle(tmp_path)
+    assert cmd_build_engine.run(_args(bundle, "--force", "--cache-dir", str(tmp_path / "cache"))) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    ok, why = tensorrt_available(manifest)
+    assert ok, why
+    backend = TensorRTBackend.from_bundle(bundle, manifest, cuda_graph=True)
+    x = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32) - 0.5
+    out = backend.run({"rgb": x})["out"]
+    assert np.abs(out - np.maximum(x, 0)).max() < 1e-2
+    assert any((tmp_path / "cache").iterdir())  # timing cache kept for the next build

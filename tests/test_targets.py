@@ -1,0 +1,199 @@
+"""Target registry, TensorRT capabilities per version, lowering choice, bundle finishing."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lowlight.compile import cmd_targets
+from lowlight.runtime.errors import TargetError
+from lowlight.targets import get_target, names
+from lowlight.targets.tensorrt import TrtVersion
+
+ALL = ["jetson-orin", "jetson-orin-agx-32", "jetson-orin-nx-16", "jetson-orin-nano-8", "jetson-thor",
+       "rtx-3090", "rtx-4090", "a100", "h100", "cpu"]
+
+
+def test_every_device_is_registered() -> None:
+    assert set(ALL) <= set(names())
+    assert get_target("jetson-orin-agx-64") is get_target("jetson-orin")
+
+
+@pytest.mark.parametrize("name,arch,fp16,int8,bw,dla", [
+    ("jetson-orin", "sm_87", 42.5, 85, 204.8, 2),
+    ("jetson-orin-agx-32", "sm_87", 27, 54, 204.8, 2),
+    ("jetson-orin-nx-16", "sm_87", 19, 38, 102.4, 2),
+    ("jetson-orin-nano-8", "sm_87", 10.2, 20, 68, 0),
+    ("rtx-3090", "sm_86", 71, 284, 936, 0),
+    ("rtx-4090", "sm_89", 165, 661, 1008, 0),
+    ("a100", "sm_80", 312, 624, 2039, 0),
+    ("h100", "sm_90", 989, 1979, 3350, 0),
+])
+def test_peaks_match_design_table(name, arch, fp16, int8, bw, dla) -> None:
+    f = get_target(name).facts
+    assert (f["arch"], f["fp16_tflops"], f["int8_tops"], f["dram_gbps"], f["dla_cores"]) == (arch, fp16, int8, bw, dla)
+
+
+def test_defaults() -> None:
+    orin = get_target("jetson-orin")
+    assert orin.facts["trt_version"] == "10.3" and orin.facts["stack"] == "JetPack 6.2"
+    assert orin.default_precision == "fp16" and orin.qdq_flavour == "trt-s8s8"
+    assert get_target("cpu").default_precision == "fp32"
+    assert get_target("jetson-orin", "11.4").facts["stack"] == "JetPack 7.2.2+"
+
+
+@pytest.mark.parametrize("version,dft,jit,aot,typed,cache", [
+    ("10.3", False, False, False, False, True),
+    ("10.6", False, True, False, False, True),
+    ("10.9", False, True, True, False, True),
+    ("11.0", False, True, True, True, False),
+    ("11.2", True, True, True, True, False),
+    ("11.4", True, True, True, True, False),
+])
+def test_capabilities_follow_the_trt_version(version, dft, jit, aot, typed, cache) -> None:
+    c = get_target("jetson-orin", version).caps
+    assert (c.onnx_dft, c.jit_plugins, c.aot_plugins, c.strongly_typed_only, c.implicit_int8_cache) == (dft, jit, aot, typed, cache)
+
+
+@pytest.mark.parametrize("name,version,dla", [
+    ("jetson-orin", "10.3", True),
+    ("jetson-orin", "11.0", False),
+    ("jetson-orin", "11.3", False),
+    ("jetson-orin", "11.4.0", False),
+    ("jetson-orin", "11.4.1", True),
+    ("jetson-orin", "11.4", True),          # "11.4" = newest 11.4.x, as JetPack 7.2.2+ ships
+    ("jetson-orin-agx-32", "11.4.1", True),
+    ("jetson-orin-nx-16", "10.3", True),
+    ("jetson-orin-nx-16", "11.4.1", False),  # 11.4.1 brings DLA back on AGX Orin only
+    ("jetson-orin-nano-8", "10.3", False),   # no DLA cores
+    ("rtx-4090", "10.13", False),
+])
+def test_dla_availability(name, version, dla) -> None:
+    assert get_target(name, version).caps.dla is dla
+
+
+def test_imoe_layer_needs_sm10_and_trt11() -> None:
+    assert get_target("jetson-thor", "11.4").caps.imoe_layer
+    assert not get_target("jetson-thor").caps.imoe_layer      # default 10.13
+    assert not get_target("h100", "11.4").caps.imoe_layer     # sm_90
+    assert not get_target("jetson-orin", "11.4").caps.imoe_layer
+
+
+def test_lowering_passes_by_version() -> None:
+    assert [n for n, _ in get_target("jetson-orin").lowering_passes()] == ["decompose-custom-ops", "dft-to-matmul"]
+    assert [n for n, _ in get_target("rtx-4090").lowering_passes()] == ["plugin-nodes", "dft-to-matmul"]
+    assert [n for n, _ in get_target("jetson-orin", "11.4").lowering_passes()] == ["plugin-nodes"]
+
+
+def test_version_parsing_and_errors() -> None:
+    assert TrtVersion.parse("10.3.0.30") == TrtVersion(10, 3, 0)
+    assert TrtVersion.parse("10.3").code == 100300
+    with pytest.raises(TargetError):
+        get_target("jetson-orin", "eleven")
+    with pytest.raises(TargetError):
+        get_target("cpu", "10.3")
+    with pytest.raises(TargetError, match="unknown target"):
+        get_target("jetson-xavier")
+
+
+def _tiny_model() -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["rgb", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Div", ["c", "two"], ["d"], name="halve"),
+             helper.make_node("Sigmoid", ["d"], ["out"], name="gate")]
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], [w, two])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_dla_option_checks() -> None:
+    m = _tiny_model()
+    warnings = get_target("jetson-orin").check_graph(m, {"dla": True, "precision": "fp16"})
+    assert any("halve (Div)" in w for w in warnings)
+    assert not any("conv" in w for w in warnings)
+    with pytest.raises(TargetError, match="no DLA"):
+        get_target("jetson-orin-nano-8").check_graph(m, {"dla": True, "precision": "fp16"})
+    with pytest.raises(TargetError, match="11.0-11.3"):
+        get_target("jetson-orin", "11.2").check_graph(m, {"dla": True, "precision": "fp16"})
+    with pytest.raises(TargetError, match="FP16 or INT8"):
+        get_target("jetson-orin").check_graph(m, {"dla": True, "precision": "fp32"})
+    assert get_target("jetson-orin").check_graph(m, {"dla": False, "precision": "fp16"}) == []
+
+
+def test_targets_command_prints_every_target(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cmd_targets.add_arguments(parser)
+    assert cmd_targets.run(parser.parse_args([])) == 0
+    out = capsys.readouterr().out
+    for name in ALL:
+        assert name in out
+    assert cmd_targets.run(parser.parse_args(["--json", "--trt-version", "11.4"])) == 0
+    rows = json.loads(capsys.readouterr().out)
+    orin = next(r for r in rows if r["name"] == "jetson-orin")
+    assert orin["onnx_dft"] is True and orin["implicit_int8_cache"] is False
+
+
+def _context(tmp: Path, precision: str) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    flt = tmp / "float.onnx"
+    onnx.save(_tiny_model(), flt)
+    staging = tmp / "staging"
+    staging.mkdir()
+    model_path = staging / "model.onnx"
+    if precision == "int8":
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([{"rgb": np.random.default_rng(i).random((1, 3, 8, 8), dtype=np.float32)} for i in range(4)])
+
+            def get_next(self):  # type: ignore[no-untyped-def]
+                return next(self.batches, None)
+
+        quantize_static(str(flt), str(model_path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    else:
+        onnx.save(_tiny_model(), model_path)
+    return {"model_path": str(model_path), "float_model_path": str(flt), "precision": precision,
+            "input_shapes": {"rgb": [1, 3, 8, 8]}, "output_names": ["out"],
+            "reference_path": str(staging / "reference.npz"), "cache_dir": str(tmp / "cache"),
+            "dla": False, "verify": {"min_fidelity": 35.0}}
+
+
+def test_finish_bundle_10x_int8_writes_cache_and_plan(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "int8")
+    entries = get_target("jetson-orin").finish_bundle(str(tmp_path / "staging"), ctx)
+    trt = entries["tensorrt"]
+    assert trt["engine"] is None and "NOT built" in trt["status"] and "build-engine" in trt["status"]
+    assert "Jetson" in trt["status"] or "TensorRT is not installed" in trt["status"]
+    plan = json.loads((tmp_path / "staging" / "build_plan.json").read_text())
+    assert plan["trt_version"] == "10.3" and plan["arch"] == "sm_87"
+    assert plan["onnx"] == "model_float.onnx" and plan["calibration_cache"] == "calibration.cache"
+    assert {"FP16", "INT8"} <= set(plan["flags"]) and "STRONGLY_TYPED" not in plan["flags"]
+    assert plan["profiles"] == [{"rgb": {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [1, 3, 8, 8]}}]
+    assert plan["workspace_bytes"] == 4 << 30
+    assert (tmp_path / "staging" / "model_float.onnx").exists()
+    assert (tmp_path / "staging" / "calibration.cache").read_text().startswith("TRT-100300-MinMaxCalibration\n")
+
+
+def test_finish_bundle_11x_int8_is_strongly_typed_without_cache(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "int8")
+    entries = get_target("jetson-orin", "11.4").finish_bundle(str(tmp_path / "staging"), ctx)
+    plan = json.loads((tmp_path / "staging" / "build_plan.json").read_text())
+    assert plan["flags"] == ["STRONGLY_TYPED"] and plan["onnx"] == "model.onnx"
+    assert plan["calibration_cache"] is None and entries["tensorrt"]["calibration_cache"] is None
+    assert not (tmp_path / "staging" / "calibration.cache").exists()
+
+
+def test_finish_bundle_fp16_dla(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, "fp16")
+    ctx["dla"] = True
+    get_target("jetson-orin").finish_bundle(str(tmp_path / "staging"), ctx)
+    plan = json.loads((tmp_path / "staging" / "build_plan.json").read_text())
+    assert plan["dla_core"] == 0 and "GPU_FALLBACK" in plan["flags"] and "FP16" in plan["flags"]
