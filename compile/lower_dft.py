@@ -126,7 +126,7 @@ def lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
             for a in node.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
+                if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
                     return np.array(helper.get_attribute_value(a))
         return None
 

@@ -45,8 +45,8 @@ def find_problems(model: "onnx.ModelProto", target: "TensorRTTarget") -> list[Pr
     graph = model.graph
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for n in graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        if n.op_type == "Constant":  # value, value_ints, value_float...: all constant weights to TensorRT
+            consts[n.output[0]] = _constant_value(n)
     ranks = _ranks(model)
     problems: list[Problem] = []
 
@@ -117,6 +117,18 @@ def check_model(model: "onnx.ModelProto", target: "TensorRTTarget") -> None:
         f"{len(problems)} node(s) cannot run on {target.name} (TensorRT {target.version}):\n  {shown}{more}",
         "see the fix after each node; `lowlight-compile targets` lists what each target's TensorRT can do",
     )
+
+
+def _constant_value(node: "onnx.NodeProto") -> np.ndarray:
+    """The value of a Constant node, whatever attribute carries it."""
+    from onnx import helper, numpy_helper
+
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return numpy_helper.to_array(attr.t)
+    if attr.name in ("sparse_value",):
+        return np.zeros(0)
+    return np.asarray(helper.get_attribute_value(attr))
 
 
 def _s(v: object) -> str:

@@ -123,7 +123,17 @@ def _to_plugin_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
         if _has_custom_nodes(model):
             raise
         return model  # nothing to do, and nothing to do it with
-    return to_plugin_nodes(model, PLUGIN_NAMESPACE)
+    out = to_plugin_nodes(model, PLUGIN_NAMESPACE)
+    if not _has_custom_nodes(out):
+        return out
+    # Keep each op's body as a model-local function next to the plugin node:
+    # onnxruntime (the verify stage) runs the body, while TensorRT >= 10.7
+    # prefers a registered plugin over a local function of the same name.
+    try:
+        from lowlight.kernels.onnx_export import attach_functions
+    except ImportError:
+        return out
+    return attach_functions(out)
 
 
 def _lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":

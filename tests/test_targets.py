@@ -197,3 +197,38 @@ def test_finish_bundle_fp16_dla(tmp_path: Path) -> None:
     get_target("jetson-orin").finish_bundle(str(tmp_path / "staging"), ctx)
     plan = json.loads((tmp_path / "staging" / "build_plan.json").read_text())
     assert plan["dla_core"] == 0 and "GPU_FALLBACK" in plan["flags"] and "FP16" in plan["flags"]
+
+
+# -- the reference model: tiny AMNet through each TensorRT generation's passes --
+
+@pytest.fixture(scope="module")
+def amnet_tiny(tmp_path_factory):  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    from lowlight.compile.export import export_onnx
+    from lowlight.kernels.onnx_export import attach_functions
+    from lowlight.models import build
+
+    x = np.random.default_rng(0).random((1, 2, 3, 64, 64), dtype=np.float32)
+    path = tmp_path_factory.mktemp("amnet") / "amnet_tiny.onnx"
+    export_onnx(build("amnet", "tiny"), {"rgb": x}, "out", path)
+    return attach_functions(onnx.load(path)), x
+
+
+def _lower(model: onnx.ModelProto, target) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
+    for _, fn in target.lowering_passes():
+        model = fn(model)
+    return model
+
+
+@pytest.mark.parametrize("version,dft_left,plugins", [(None, 0, 0), ("10.13", 0, 4), ("11.4", 8, 4)])
+def test_amnet_tiny_lowers_for_each_trt_generation(amnet_tiny, version, dft_left, plugins) -> None:
+    import onnxruntime as ort
+
+    model, x = amnet_tiny
+    target = get_target("jetson-orin", version) if version else get_target("jetson-orin")
+    lowered = _lower(model, target)
+    assert sum(n.op_type == "DFT" for n in lowered.graph.node) == dft_left
+    assert sum(n.domain == "lowlight" for n in lowered.graph.node) == plugins
+    assert target.check_graph(lowered, {"dla": False, "precision": "fp16"}) == []
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"rgb": x})[0]  # noqa: E731
+    assert np.abs(run(lowered) - run(model)).max() <= 1e-4
