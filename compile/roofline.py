@@ -30,6 +30,8 @@ MOVE_OPS = frozenset({
     "Identity", "Expand", "Tile", "Pad", "Shape", "Constant", "Cast", "DepthToSpace", "SpaceToDepth",
 })
 FREE_OPS = frozenset({"Constant", "Shape", "QuantizeLinear", "DequantizeLinear", "Identity"})
+#: Metadata-only reshapes: TensorRT moves no data for them.
+VIEW_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 #: Rough FLOPs per output element for transcendental activations.
 TRANSCENDENTAL = {"Sigmoid": 4, "Tanh": 4, "Exp": 2, "Erf": 4, "Softmax": 5, "Log": 2, "Sqrt": 2, "Pow": 4}
 
@@ -99,7 +101,7 @@ def estimate(onnx_path: str | Path, target: "Target", precision: str) -> dict[st
     nodes: list[dict[str, Any]] = []
     matrix_flops = other_flops = roundtrip_bytes = 0
     for i, node in enumerate(model.graph.node):
-        if node.op_type in FREE_OPS:
+        if node.op_type in FREE_OPS or node.op_type in VIEW_OPS:
             continue
         f = node_flops(node, shapes)
         moved = sum(nbytes(x) for x in node.input if x and x not in inits and x not in consts)
