@@ -8,9 +8,7 @@ manifest.json (with the engine's hash).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the bundle already has an engine")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def update_manifest(bundle: Path, section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
-    """Merge `section` into manifest["tensorrt"], hash `new_files`, write atomically."""
-    path = bundle / "manifest.json"
-    manifest: dict[str, Any] = json.loads(path.read_text())
+    """Merge `section` into manifest["tensorrt"] and rewrite it with fresh file hashes (atomically)."""
+    from lowlight.compile.bundle import write_manifest
+
+    manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
     manifest.setdefault("tensorrt", {}).update(section)
-    files = manifest.get("files")
-    if isinstance(files, dict):
-        sample = next(iter(files.values()), None)
-        for name in new_files:
-            digest = _sha256(bundle / name)
-            if isinstance(sample, dict):  # {"name": {"sha256": ..., "bytes": ...}}
-                files[name] = {"sha256": digest, "bytes": (bundle / name).stat().st_size}
-            else:  # {"name": "sha256"}
-                files[name] = digest
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return manifest
+    missing = [name for name in new_files if not (bundle / name).is_file()]
+    if missing:
+        from lowlight.runtime.errors import BundleError
+
+        raise BundleError(f"expected {missing} in {bundle} after the build", "rerun with --force")
+    return write_manifest(bundle, manifest)
 
 
 def run(args: argparse.Namespace) -> int:

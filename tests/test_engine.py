@@ -94,13 +94,15 @@ def test_build_engine_command_refuses_with_reason_here(tmp_path: Path) -> None:
 
 
 def test_update_manifest_hashes_new_files(tmp_path: Path) -> None:
-    (tmp_path / "model.engine").write_bytes(b"engine")
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": {"sha256": "0", "bytes": 1}}}))
-    m = cmd_build_engine.update_manifest(tmp_path, {"engine": "model.engine"}, ["model.engine"])
-    assert m["tensorrt"]["engine"] == "model.engine"
     import hashlib
 
-    assert m["files"]["model.engine"]["sha256"] == hashlib.sha256(b"engine").hexdigest()
+    (tmp_path / "model.engine").write_bytes(b"engine")
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "0"}, "tensorrt": {"engine": None}}))
+    m = cmd_build_engine.update_manifest(tmp_path, {"engine": "model.engine"}, ["model.engine"])
+    assert m["tensorrt"]["engine"] == "model.engine"
+    assert m["files"]["model.engine"] == hashlib.sha256(b"engine").hexdigest()
+    assert json.loads((tmp_path / "manifest.json").read_text())["files"]["model.onnx"] == hashlib.sha256(b"onnx").hexdigest()
 
 
 @needs_trt
