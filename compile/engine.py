@@ -63,6 +63,20 @@ def _calibrator(trt_mod: Any, cache_bytes: bytes) -> "trt.IInt8Calibrator":
     return CacheCalibrator()
 
 
+def _cache_for_this_trt(path: Path, trt_version: str) -> bytes:
+    """The cache with its header re-stamped for the TensorRT that builds (10.3.0.30 -> 100300).
+
+    TensorRT ignores a cache whose header names another version; the plan's
+    version may lack the patch level the device reports.
+    """
+    from lowlight.compile.calib_cache import ALGORITHM, header
+
+    parts = [int("".join(c for c in p if c.isdigit()) or 0) for p in trt_version.split(".")[:3]] + [0, 0]
+    lines = path.read_text().splitlines()
+    lines[0] = header(parts[0] * 10000 + parts[1] * 100 + parts[2], ALGORITHM)
+    return ("\n".join(lines) + "\n").encode()
+
+
 def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | Path,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build `plan["engine"]` inside `bundle_dir`; returns manifest entries for it."""
@@ -108,7 +122,7 @@ def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | 
         config.set_flag(trt.BuilderFlag.INT8)
         cache_name = plan.get("calibration_cache")
         if cache_name:
-            config.int8_calibrator = _calibrator(trt, (bundle / str(cache_name)).read_bytes())
+            config.int8_calibrator = _calibrator(trt, _cache_for_this_trt(bundle / str(cache_name), str(trt.__version__)))
     if plan.get("dla_core") is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(plan["dla_core"])

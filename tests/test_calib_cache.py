@@ -70,3 +70,12 @@ def test_cache_names_match_the_float_graph(tmp_path: Path) -> None:
     assert set(scales) <= tensor_names(flt)
     # onnxruntime renamed the output's quantized tensor; the cache uses the float name.
     assert {"rgb", "feat", "act", "res", "out"} <= set(scales)
+
+
+def test_engine_build_restamps_the_header_for_the_device_trt(tmp_path: Path) -> None:
+    from lowlight.compile.engine import _cache_for_this_trt
+
+    path = write_cache(tmp_path / "c.cache", {"rgb": 0.5}, 100300)
+    out = _cache_for_this_trt(path, "10.3.0.30").decode().splitlines()
+    assert out == ["TRT-100300-MinMaxCalibration", "rgb: 3f000000"]
+    assert _cache_for_this_trt(path, "10.13.2").decode().startswith("TRT-101302-MinMaxCalibration\n")
