@@ -6,10 +6,12 @@ Two ONNX -> ONNX passes over graphs exported with `lowlight.kernels.export_onnx`
 - `decompose_custom_ops`: every lowlight node becomes its body of standard ONNX
   ops (the model-local function inlined), the lowlight functions and opset
   import are dropped. For onnxruntime targets and TensorRT < 10.9.
-- `to_plugin_nodes`: every lowlight node stays one node, marked for TensorRT's
-  ONNX parser (`plugin_namespace`, `aot=1`: op type = plugin name, so it loads
-  our AOT Triton plugin `lowlight::<OpType>` from `lowlight.kernels.trt_plugins`);
-  the function bodies are removed. For TensorRT >= 10.9.
+- `to_plugin_nodes`: every lowlight node that has a TensorRT plugin
+  (SpectralGate, IlluminationGate) stays one node, marked for TensorRT's ONNX
+  parser (`plugin_namespace`, `aot=1`: op type = plugin name, so it loads our
+  AOT Triton plugin `lowlight::<OpType>` from `lowlight.kernels.trt_plugins`),
+  its function body removed; the others (MoETop2: no single-kernel plugin)
+  are decomposed. For TensorRT >= 10.9.
 
 Both return a new model and are no-ops (an unchanged copy) when the graph has
 no lowlight node.
@@ -20,6 +22,8 @@ import onnx
 import onnx.inliner
 
 DOMAIN = "lowlight"
+#: Op types with a TensorRT AOT plugin (kernels/trt_plugins.py).
+PLUGIN_OPS = ("SpectralGate", "IlluminationGate")
 
 
 def _has_lowlight(model: onnx.ModelProto) -> bool:
@@ -44,29 +48,36 @@ def _drop_lowlight_functions_and_import(model: onnx.ModelProto) -> None:
         model.opset_import.extend(imports)
 
 
-def decompose_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace every lowlight-domain node by its decomposition into standard ONNX ops."""
-    if not _has_lowlight(model):
-        return _copy(model)
+def _inline(model: onnx.ModelProto, op_types: set[str]) -> onnx.ModelProto:
     from lowlight.kernels.onnx_export import attach_functions
 
     with_bodies = attach_functions(model)  # adds missing bodies; keeps any already there
-    ids = sorted({(n.domain, n.op_type) for n in with_bodies.graph.node if n.domain == DOMAIN})
+    ids = sorted((DOMAIN, t) for t in op_types)
     out = onnx.inliner.inline_selected_functions(with_bodies, ids, exclude=False)
     _drop_lowlight_functions_and_import(out)
     return out
 
 
-def to_plugin_nodes(model: onnx.ModelProto, plugin_namespace: str = DOMAIN) -> onnx.ModelProto:
-    """Keep each lowlight node as one TensorRT plugin node; drop the function bodies.
+def decompose_custom_ops(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace every lowlight-domain node by its decomposition into standard ONNX ops."""
+    if not _has_lowlight(model):
+        return _copy(model)
+    return _inline(model, {n.op_type for n in model.graph.node if n.domain == DOMAIN})
+
+
+def to_plugin_nodes(model: onnx.ModelProto, plugin_namespace: str = DOMAIN,
+                    plugin_ops: tuple[str, ...] = PLUGIN_OPS) -> onnx.ModelProto:
+    """Keep each lowlight node with a plugin as one TensorRT plugin node; decompose the rest.
 
     Adds the string attribute `plugin_namespace` and `aot=1` (TensorRT's ONNX
     parser then uses the plugin's AOT implementation); other attributes
-    (e.g. IlluminationGate's `kernel_shape`) become plugin attributes.
+    (e.g. IlluminationGate's `kernel_shape`) become plugin attributes. The
+    function bodies of plugin ops are removed.
     """
-    out = _copy(model)
-    if not _has_lowlight(out):
-        return out
+    if not _has_lowlight(model):
+        return _copy(model)
+    no_plugin = {n.op_type for n in model.graph.node if n.domain == DOMAIN and n.op_type not in plugin_ops}
+    out = _inline(model, no_plugin) if no_plugin else _copy(model)
     for node in out.graph.node:
         if node.domain != DOMAIN:
             continue
@@ -78,6 +89,6 @@ def to_plugin_nodes(model: onnx.ModelProto, plugin_namespace: str = DOMAIN) -> o
     keep = [f for f in out.functions if f.domain != DOMAIN]
     del out.functions[:]
     out.functions.extend(keep)
-    if not any(o.domain == DOMAIN for o in out.opset_import):
+    if _has_lowlight(out) and not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
     return out

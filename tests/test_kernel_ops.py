@@ -258,7 +258,7 @@ def test_lowering_passes_are_noops_without_custom_ops():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_moe_onnx_both_forms(dtype):
-    from lowlight.compile.lower_custom_ops import decompose_custom_ops
+    from lowlight.compile.lower_custom_ops import decompose_custom_ops, to_plugin_nodes
     from lowlight.kernels.onnx_export import export_onnx
 
     model = MoEBlock(dtype).eval()
@@ -269,7 +269,9 @@ def test_moe_onnx_both_forms(dtype):
         want = ref.moe_top2_ref(*(t.float() for t in (x, *model.ws))).numpy()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     scale = max(1.0, np.abs(want).max())
-    for form in (proto, decompose_custom_ops(proto)):
+    trt_form = to_plugin_nodes(proto)  # no MoE plugin: decomposed for TensorRT too
+    assert not any(n.domain for n in trt_form.graph.node) and not trt_form.functions
+    for form in (proto, decompose_custom_ops(proto), trt_form):
         got = _ort_run(form, x.numpy()).astype(np.float32)
         assert np.abs(got - want).max() / scale <= tol
 
@@ -281,9 +283,78 @@ def test_trt_plugins_module_imports_without_tensorrt():
     assert trt_plugins.PLUGIN_IDS == ("lowlight::SpectralGate", "lowlight::IlluminationGate")
 
 
+def test_trt_ptx_hidden_params_dropped():
+    """Newer Triton appends scratch pointers to the entry; TensorRT passes only the declared args."""
+    from lowlight.kernels.trt_plugins import _ptx_for_trt
+
+    ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n"
+           "\t.param .u64 k_param_2,\n\t.param .u64 k_param_3\n)\n{\n\tld.param.u64 %rd1, [k_param_0];\n}")
+    out = _ptx_for_trt(ptx, "k", 2)
+    assert "k_param_1" in out and "k_param_2" not in out and "k_param_3" not in out
+    with pytest.raises(RuntimeError, match="hidden parameter"):
+        _ptx_for_trt(ptx.replace("[k_param_0]", "[k_param_3]"), "k", 2)
+
+
+def _need_tensorrt() -> None:
+    from lowlight.kernels.trt_plugins import tensorrt_available
+
+    if not tensorrt_available():
+        pytest.skip("TensorRT (with tensorrt.plugin, >= 10.9) is not installed here; "
+                    "`import tensorrt` only finds the tensorrt-stubs namespace folder")
+
+
+@pytest.mark.tensorrt
 def test_trt_plugins_register():
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (no GPU machine with TensorRT)")
+    _need_tensorrt()
     from lowlight.kernels import trt_plugins
 
     trt_plugins.register_plugins()
     trt_plugins.register_plugins()  # idempotent
+    import tensorrt as trt
+
+    names = {c.name for c in trt.get_plugin_registry().all_creators}
+    assert {"SpectralGate", "IlluminationGate"} <= names
+
+
+class GatesOnly(SpectralBlock):
+    """Both gates without the FFTs (TensorRT 10.x rejects ONNX DFT)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, i = K.spectral_gate(x, 0.5 * x, self.wg, self.bg, self.ws, self.bs)
+        high, low = K.illumination_gate(r + i, self.w, self.b, self.k)
+        return high + 0.5 * low
+
+
+@pytest.mark.tensorrt
+def test_trt_engine_matches_reference():
+    """Parse the plugin-node graph, build, run: needs TensorRT >= 10.9 and a CUDA GPU."""
+    _need_tensorrt()
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import tensorrt as trt
+
+    from lowlight.compile.lower_custom_ops import to_plugin_nodes
+    from lowlight.kernels import trt_plugins
+
+    from lowlight.kernels.onnx_export import export_onnx
+
+    trt_plugins.register_plugins()
+    model = GatesOnly(C=5, k=7).eval()
+    xt = torch.randn(2, 5, 9, 12, generator=_gen(9))
+    proto, x = export_onnx(model, (xt,)), xt.numpy()
+    with torch.no_grad():
+        want = model(xt).numpy()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(to_plugin_nodes(proto).SerializeToString()), [parser.get_error(i) for i in range(parser.num_errors)]
+    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, builder.create_builder_config()))
+    ctx = engine.create_execution_context()
+    xin = torch.from_numpy(x).cuda()
+    out = torch.empty(want.shape, device="cuda")
+    ctx.set_tensor_address(engine.get_tensor_name(0), xin.data_ptr())
+    ctx.set_tensor_address(engine.get_tensor_name(1), out.data_ptr())
+    ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert np.abs(out.cpu().numpy() - want).max() <= 1e-3

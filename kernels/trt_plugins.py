@@ -1,0 +1,216 @@
+"""TensorRT Python plugins (`tensorrt.plugin`, AOT) for the lowlight ONNX nodes, TensorRT >= 10.9.
+
+`register_plugins()` registers, per kernel, a shape/type descriptor, the
+type combinations TensorRT may choose, and an AOT implementation that
+compiles our Triton kernel to PTX for the build GPU and returns it with its
+launch grid and scalar arguments: the kernel is baked into the engine, no
+Python at run time. The ONNX parser maps a node to a plugin when the node's op
+type is the plugin name and it carries `plugin_namespace` (and `aot=1` to pick
+the AOT implementation): `lowlight.compile.lower_custom_ops.to_plugin_nodes`.
+
+| plugin                       | ONNX node                      | kernel                      |
+|------------------------------|--------------------------------|-----------------------------|
+| lowlight::SpectralGate       | SpectralGate(re, im, w_g, ...) | spectral_gate_kernel        |
+| lowlight::IlluminationGate   | IlluminationGate(z, w, b)      | illumination_gate_kernel    |
+
+MoETop2 has no plugin: an AOT plugin launches one kernel, and the MoE needs
+four (route, align, two grouped GEMMs); it is decomposed for every target.
+
+Kernel arguments follow TensorRT's AOT launch order: input pointers, then the
+extra scalar arguments returned here, then output pointers. TensorRT tensors
+are dense, so strides are derived from the shape.
+
+Nothing here imports tensorrt or triton at module level; this module loads
+(and type-checks against tensorrt-stubs) where TensorRT is missing.
+"""
+# No `from __future__ import annotations`: tensorrt.plugin inspects the
+# annotations of the decorated functions at registration.
+import re
+from typing import Any, Callable, Dict, List, Tuple, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+PLUGIN_NAMESPACE = "lowlight"
+PLUGIN_IDS = ("lowlight::SpectralGate", "lowlight::IlluminationGate")
+
+#: Tile width and warps baked into the engine (autotuning picks these on H100
+#: for AMNet sizes; TensorRT tactics could expose more, see benchmarks/).
+BLOCK_P = 64
+NUM_WARPS = 4
+_registered = False
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _decorator(deco: Any) -> Callable[[str], Callable[[_F], _F]]:
+    """Give a tensorrt.plugin decorator factory a type (the stubs lack `tensorrt.plugin`)."""
+    return cast(Callable[[str], Callable[[_F], _F]], deco)
+
+
+def tensorrt_available() -> bool:
+    """True when the real TensorRT Python package (with `tensorrt.plugin`) imports.
+
+    `import tensorrt` alone is not enough: tensorrt-stubs installs a bare
+    `tensorrt/` stub folder that imports as an empty namespace package.
+    """
+    try:
+        import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+        import tensorrt.plugin  # type: ignore[import-not-found, import-untyped, unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(trt, "__version__")
+
+
+def _ptx_for_trt(ptx: str, kernel_name: str, n_params: int) -> str:
+    """Drop the hidden trailing entry parameters newer Triton adds (global/profile scratch).
+
+    TensorRT passes exactly inputs + extra args + outputs. The dropped
+    parameters must be unused in the body (checked), which holds when the
+    kernel needs no scratch memory (`metadata.global_scratch_size == 0`).
+    """
+    head = re.search(r"\.entry\s+" + re.escape(kernel_name) + r"\s*\((.*?)\)", ptx, re.S)
+    if head is None:
+        raise RuntimeError(f"kernel {kernel_name} not found in PTX")
+    params = [p.strip() for p in head.group(1).split(",") if p.strip()]
+    if len(params) <= n_params:
+        return ptx
+    body = ptx[head.end():]
+    for p in params[n_params:]:
+        name = p.split()[-1]
+        if re.search(r"\[" + re.escape(name) + r"\]", body):
+            raise RuntimeError(f"Triton kernel {kernel_name} uses hidden parameter {name}; cannot launch from TensorRT")
+    kept = ",\n\t".join(params[:n_params])
+    return ptx[: head.start(1)] + "\n\t" + kept + "\n" + ptx[head.end(1):]
+
+
+def _compile(fn: Any, signature: Dict[str, str], constexprs: Dict[str, Any]) -> Tuple[str, str, int, int]:
+    """Triton -> PTX for the current GPU: (kernel name, PTX, threads per block, shared bytes)."""
+    import triton  # type: ignore[import-untyped, unused-ignore]
+
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    k = triton.compile(src, options={"num_warps": NUM_WARPS, "num_stages": 1})
+    if getattr(k.metadata, "global_scratch_size", 0):
+        raise RuntimeError(f"{k.metadata.name} needs global scratch memory; not launchable from TensorRT")
+    ptx = _ptx_for_trt(k.asm["ptx"], k.metadata.name, len(signature))
+    return k.metadata.name, ptx, k.metadata.num_warps * 32, k.metadata.shared
+
+
+def _tl_dtype(trt_dtype: Any) -> str:
+    import tensorrt as trt  # type: ignore[import-untyped, unused-ignore]
+
+    names = {trt.float32: "fp32", trt.float16: "fp16", trt.bfloat16: "bf16"}
+    if trt_dtype not in names:
+        raise TypeError(f"lowlight plugins take float32/float16/bfloat16, got {trt_dtype}")
+    return names[trt_dtype]
+
+
+def _const(expr: Any, what: str) -> int:
+    """Build-time value of a shape expression that sizes a constexpr (channel counts)."""
+    if not expr.is_constant:
+        raise ValueError(f"{what} must be static at engine build time (it sizes the kernel's tiles)")
+    return int(expr.constant_value())
+
+
+def register_plugins() -> None:
+    """Register the lowlight plugins with TensorRT's plugin registry (idempotent).
+
+    Call before parsing an ONNX model lowered with `to_plugin_nodes`. Needs
+    tensorrt >= 10.9 and triton; raises ImportError otherwise.
+    """
+    global _registered
+    if _registered:
+        return
+    import tensorrt.plugin as trtp  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    from lowlight.kernels import _triton as kt
+    from lowlight.kernels.illumination_gate_kernel import illumination_gate_kernel
+    from lowlight.kernels.spectral_gate_kernel import spectral_gate_kernel
+
+    register, autotune, aot_impl = (_decorator(d) for d in (trtp.register, trtp.autotune, trtp.aot_impl))
+
+    def same_type_combination(n_io: int) -> List[Any]:
+        # All tensors share one float type (the kernels cast nothing on the way in).
+        return [trtp.AutoTuneCombination(", ".join(["FP32|FP16|BF16"] * n_io))]
+
+    # ---------------------------------------------------------- SpectralGate
+    @register("lowlight::SpectralGate")
+    def spectral_gate_desc(
+        re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
+        w_s: trtp.TensorDesc, b_s: trtp.TensorDesc,
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        return re.like(), im.like()
+
+    @autotune("lowlight::SpectralGate")
+    def spectral_gate_tune(
+        re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
+        w_s: trtp.TensorDesc, b_s: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],
+    ) -> List[trtp.AutoTuneCombination]:
+        return same_type_combination(8)
+
+    @aot_impl("lowlight::SpectralGate")
+    def spectral_gate_aot(
+        re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
+        w_s: trtp.TensorDesc, b_s: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int,
+    ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
+        t = _tl_dtype(re.dtype)
+        C = _const(re.shape_expr[1], "SpectralGate channel count")
+        sig = {n: f"*{t}" for n in ("re_ptr", "im_ptr", "wg_ptr", "bg_ptr", "ws_ptr", "bs_ptr")}
+        sig.update({n: "i32" for n in ("B", "C", "HW", "Wf", "s_rb", "s_rc", "s_rh", "s_rw",
+                                       "s_ib", "s_ic", "s_ih", "s_iw")})
+        sig.update({"ore_ptr": f"*{t}", "oim_ptr": f"*{t}"})
+        name, ptx, threads, shared = _compile(spectral_gate_kernel, sig, {
+            "CP": kt.next_pow2(C), "BLOCK_P": BLOCK_P, "DOT_PREC": "tf32x3" if t == "fp32" else "ieee",
+            "UPCAST": False,
+        })
+        s = re.shape_expr
+        hw = s[2] * s[3]
+        one = trtp.ShapeExpr(1)
+        strides = [s[1] * hw, hw, s[3], one]
+        params = trtp.KernelLaunchParams()
+        params.grid_x = s[0] * trtp.cdiv(hw, BLOCK_P)  # one program per tile (grid-stride loop runs once)
+        params.block_x = threads
+        params.shared_mem = shared
+        extra = trtp.SymIntExprs.from_tuple(
+            [trtp.SymInt32(e) for e in (s[0], s[1], hw, s[3], *strides, *strides)])
+        return name, ptx, params, extra
+
+    # ------------------------------------------------------ IlluminationGate
+    @register("lowlight::IlluminationGate")
+    def illumination_gate_desc(
+        z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        return z.like(), z.like()
+
+    @autotune("lowlight::IlluminationGate")
+    def illumination_gate_tune(
+        z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
+        outputs: Tuple[trtp.TensorDesc],
+    ) -> List[trtp.AutoTuneCombination]:
+        return same_type_combination(5)
+
+    @aot_impl("lowlight::IlluminationGate")
+    def illumination_gate_aot(
+        z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
+        outputs: Tuple[trtp.TensorDesc], tactic: int,
+    ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
+        t = _tl_dtype(z.dtype)
+        k = int(kernel_shape[0])
+        C = _const(z.shape_expr[1], "IlluminationGate channel count")
+        sig = {"z_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}"}
+        sig.update({n: "i32" for n in ("B", "C", "H", "W", "s_b", "s_c", "s_h", "s_w")})
+        sig.update({"high_ptr": f"*{t}", "low_ptr": f"*{t}"})
+        name, ptx, threads, shared = _compile(illumination_gate_kernel, sig, {
+            "K": k, "CP": kt.next_pow2(C), "BLOCK_P": BLOCK_P,
+            "DOT_PREC": "tf32x3" if t == "fp32" else "ieee", "UPCAST": False,
+        })
+        s = z.shape_expr
+        hw = s[2] * s[3]
+        params = trtp.KernelLaunchParams()
+        params.grid_x = s[0] * trtp.cdiv(hw, BLOCK_P)
+        params.block_x = threads
+        params.shared_mem = shared
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
+            s[0], s[1], s[2], s[3], s[1] * hw, hw, s[3], trtp.ShapeExpr(1))])
+        return name, ptx, params, extra
+
+    _registered = True
