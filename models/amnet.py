@@ -335,6 +335,7 @@ def _register() -> None:
             option_names=("modalities",),
             default_config="base",
             train_fn=_train,
+            export_wrapper=lambda model, modalities="rgb", **_: AMNetExport(model, modalities),
         )
     )
 

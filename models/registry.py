@@ -40,6 +40,19 @@ class Family:
     #: train_fn(config, out, **kw) for `lowlight-compile zoo train`.
     train_fn: Callable[..., Any] | None = None
     output_name: str = "enhanced"
+    #: export_wrapper(model, **options) -> module taking the inputs positionally in
+    #: `input_shapes` order (e.g. AMNet with a fixed modality set). None: the model itself.
+    export_wrapper: Callable[..., "torch.nn.Module"] | None = None
+
+    def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call one of the family's callables with only the keyword options it accepts."""
+        import inspect
+
+        fn = getattr(self, fn_name)
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+        return fn(*args, **kwargs)
 
     def weights_path(self, config: str) -> Path | None:
         """Path of the shipped reference weights for `config`, if any."""

@@ -1,0 +1,89 @@
+"""Small ONNX graph utilities shared by the stages."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import onnx
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique, non-empty name (quantizers and reports refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+    return model
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        counts[key] += 1
+    return dict(sorted(counts.items()))
+
+
+def _is_inverse_dft(node: onnx.NodeProto) -> bool:
+    return any(a.name == "inverse" and a.i == 1 for a in node.attribute)
+
+
+def spectral_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors on a path from a forward DFT to an inverse DFT (the FBS spectral path).
+
+    Quantizing them would put frequency coefficients through INT8: they keep
+    float. Computed before lowering, by tensor name, so it survives DFT -> MatMul.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    dfts = [n for n in model.graph.node if n.op_type == "DFT"]
+    # forward reachability from forward-DFT outputs
+    fwd: set[str] = set()
+    stack = [o for n in dfts if not _is_inverse_dft(n) for o in n.output]
+    while stack:
+        t = stack.pop()
+        if t in fwd:
+            continue
+        fwd.add(t)
+        for c in consumers.get(t, []):
+            if c.op_type == "DFT" and _is_inverse_dft(c):
+                continue
+            stack.extend(c.output)
+    # backward reachability from inverse-DFT inputs
+    bwd: set[str] = set()
+    stack = [n.input[0] for n in dfts if _is_inverse_dft(n)]
+    while stack:
+        t = stack.pop()
+        if t in bwd:
+            continue
+        bwd.add(t)
+        p = producers.get(t)
+        if p is not None and not (p.op_type == "DFT" and not _is_inverse_dft(p)):
+            stack.extend(p.input)
+    region = fwd & bwd
+    # the inverse DFTs' own outputs are spatial again, but keep the DFT nodes themselves float
+    region |= {o for n in dfts for o in n.output}
+    return region
+
+
+def float_nodes(model: onnx.ModelProto, spectral: set[str], before_lowering: set[str]) -> list[str]:
+    """Names of nodes that must stay float under INT8.
+
+    A node stays float if it produces a spectral tensor, or if lowering created it
+    (its outputs did not exist before lowering: DFT matrices, decomposed custom ops).
+    """
+    keep = []
+    for n in model.graph.node:
+        outs = set(n.output)
+        if n.op_type in ("DFT",) or outs & spectral or (before_lowering and not outs & before_lowering):
+            keep.append(n.name)
+    return keep
+
+
+def all_tensor_names(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node for o in n.output}

@@ -1,0 +1,276 @@
+"""The compile pipeline: checkpoint -> export -> simplify -> lower -> quantize -> verify -> bundle -> profile.
+
+Each stage is an artifact-to-artifact step. Export, simplify, lower and
+quantize are cached by content hash (input, options, tool versions) in the
+cache directory; `force=True` redoes them. What the target decides (lowering,
+precision, Q/DQ flavour, final build step) comes from its `Target` object.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowlight.compile.cache import StageCache, file_sha256, tool_versions
+from lowlight.compile.options import CompileOptions
+from lowlight.compile.progress import Progress
+from lowlight.runtime.errors import CalibrationError, LowlightError
+
+STAGES = ["load", "export", "simplify", "lower", "quantize", "verify", "bundle", "profile"]
+
+
+@dataclass
+class CompileResult:
+    bundle: Path
+    manifest: dict[str, Any]
+    verification: dict[str, Any]
+    profile: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _frames_hash(frames: list[np.ndarray]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(np.ascontiguousarray(f).tobytes()[:: 97])  # sparse sample: fast, still content-sensitive
+        h.update(str(f.shape).encode())
+    return h.hexdigest()
+
+
+def default_verify_source() -> Path:
+    """Real low-light photos (DICM) from the shared data; else the shipped samples."""
+    from lowlight.calibration.data import SAMPLES_DIR, shared_data_dir
+
+    shared = shared_data_dir(required=False)
+    if shared is not None and (shared / "lowlight_real").is_dir():
+        return shared / "lowlight_real"
+    return SAMPLES_DIR
+
+
+def compile_bundle(opts: CompileOptions) -> CompileResult:
+    """Run the whole pipeline; returns where the bundle is and what was measured.
+
+    Raises a LowlightError subclass (with a fix) on bad input or a failed
+    verification; nothing is left at `opts.out` unless the bundle is complete.
+    """
+    import onnx
+
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.calibration.frames import load_frames
+    from lowlight.compile.bundle import staging, write_manifest
+    from lowlight.compile.export import export_onnx
+    from lowlight.compile.graph import all_tensor_names, float_nodes, op_counts, spectral_tensors
+    from lowlight.compile.quantize import quantize_int8, to_fp16
+    from lowlight.compile.simplify import simplify
+    from lowlight.compile.verify import to_markdown, torch_outputs, verify
+    from lowlight.models import get_family
+    from lowlight.targets import get_target
+
+    t_start = time.perf_counter()
+    fam = get_family(opts.model)
+    config = opts.config or fam.default_config
+    if config not in fam.configs:
+        raise LowlightError(f"model {opts.model!r} has no config {config!r}", f"use --config with one of: {', '.join(fam.configs)}")
+    fopts = dict(opts.family_options)
+    target = get_target(opts.target, opts.trt_version)
+    precision = target.resolve_precision(opts.precision)
+    shape = opts.shape or fam.call("default_shape", config=config, **fopts)
+    input_shapes = fam.call("input_shapes", shape, config=config, **fopts)  # ShapeError before any work
+    out = Path(opts.out or Path("bundles") / f"{opts.model}-{config}-{target.name}-{precision}")
+    cache = StageCache(opts.cache_path(), force=opts.force)
+    progress = Progress(STAGES, opts.quiet)
+    notes: list[str] = []
+    reports: dict[str, Any] = {}
+
+    # Read the data first: a bad --calib should fail in a second, not after export.
+    calib_src = Path(opts.calib) if opts.calib else SAMPLES_DIR
+    verify_src = Path(opts.verify_data) if opts.verify_data else default_verify_source()
+    calib_frames = load_frames(calib_src, limit=opts.calib_frames, every=5) if precision == "int8" else []
+    verify_frames = load_frames(verify_src, limit=opts.verify_frames, every=7)
+    gt_frames = load_frames(opts.ground_truth, limit=opts.verify_frames) if opts.ground_truth else []
+
+    # -- load -------------------------------------------------------------------------
+    with progress.stage("load", f"{opts.model} {config} ({opts.checkpoint or 'reference weights'})"):
+        from lowlight.models import load as load_model
+
+        ckpt = Path(opts.checkpoint) if opts.checkpoint else fam.weights_path(config)
+        model = load_model(opts.model, config, checkpoint=opts.checkpoint, **fopts)
+        module = fam.export_wrapper(model, **fopts) if fam.export_wrapper else model
+        ckpt_hash = file_sha256(ckpt) if ckpt else "none"
+    example = {name: np.random.default_rng(0).random(s, dtype=np.float32) for name, s in input_shapes.items()}
+
+    # -- export -----------------------------------------------------------------------
+    export_opts = {"model": opts.model, "config": config, "family_options": fopts, "shape": shape}
+    with progress.stage("export", f"torch.onnx (dynamo) at {shape}") as note:
+        exported, hit = cache.run(
+            "export", ckpt_hash, export_opts, lambda d: export_onnx(module, example, fam.output_name, d / "model.onnx"), "model.onnx"
+        )
+        note["note"] = "cached" if hit else ""
+
+    # -- simplify ---------------------------------------------------------------------
+    def _simplify(d: Path) -> None:
+        rep = simplify(exported, d / "model.onnx")
+        (d / "simplify.json").write_text(json.dumps(rep, indent=1))
+
+    with progress.stage("simplify", "onnxsim, onnxslim fallback; checked on random inputs") as note:
+        simplified, hit = cache.run("simplify", file_sha256(exported), {}, _simplify, "model.onnx")
+        reports["simplify"] = json.loads((simplified.parent / "simplify.json").read_text())
+        note["note"] = ("cached, " if hit else "") + f"{reports['simplify']['tool']}, {reports['simplify']['nodes_before']} -> {reports['simplify']['nodes_after']} nodes"
+
+    # -- lower ------------------------------------------------------------------------
+    passes = target.lowering_passes()
+    simplified_model = onnx.load(str(simplified))
+    spectral = spectral_tensors(simplified_model)
+    before = all_tensor_names(simplified_model)
+
+    def _lower(d: Path) -> None:
+        m = onnx.load(str(simplified))
+        for _, fn in passes:
+            m = fn(m)
+        onnx.save(m, str(d / "model.onnx"))
+
+    with progress.stage("lower", ", ".join(n for n, _ in passes) or "nothing to do for this target") as note:
+        lowered, hit = cache.run(
+            "lower", file_sha256(simplified), {"target": target.name, "trt": getattr(target, "trt_version", None), "passes": [n for n, _ in passes]}, _lower, "model.onnx"
+        )
+        note["note"] = "cached" if hit else ""
+    lowered_model = onnx.load(str(lowered))
+    keep_float = float_nodes(lowered_model, spectral, before if passes else set())
+
+    # -- quantize ---------------------------------------------------------------------
+    with progress.stage("quantize", f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) as note:
+        if precision == "fp32":
+            final = lowered
+            reports["quantize"] = {"precision": "fp32"}
+        elif precision == "fp16":
+            final, hit = cache.run("fp16", file_sha256(lowered), {"keep": keep_float}, lambda d: to_fp16(lowered, d / "model.onnx", keep_float), "model.onnx")
+            reports["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float)}
+            note["note"] = "cached" if hit else ""
+        else:
+            calib_feeds = fam.call("make_inputs", calib_frames, shape, config=config, **fopts)
+            if not calib_feeds:
+                raise CalibrationError(
+                    f"{calib_src} gave {len(calib_frames)} frame(s), too few to make one calibration batch of shape {shape}",
+                    "add frames to the calibration folder (16 or more is better), or lower the batch size in --shape",
+                )
+
+            def _int8(d: Path) -> None:
+                rep = quantize_int8(
+                    lowered, d / "model.onnx", calib_feeds, target.qdq_flavour, keep_float,
+                    engine=opts.int8_engine, min_fidelity=opts.min_fidelity, say=progress.say,
+                )
+                (d / "quantize.json").write_text(json.dumps(rep, indent=1))
+
+            final, hit = cache.run(
+                "int8", file_sha256(lowered),
+                {"flavour": target.qdq_flavour, "calib": _frames_hash(calib_frames), "engine": opts.int8_engine, "keep": keep_float, "shape": shape},
+                _int8, "model.onnx",
+            )
+            reports["quantize"] = json.loads((final.parent / "quantize.json").read_text())
+            note["note"] = ("cached, " if hit else "") + f"engine {reports['quantize']['engine']}, {len(calib_feeds)} calibration samples from {calib_src}"
+    final_model = onnx.load(str(final))
+    warnings = target.check_graph(final_model, {"dla": opts.dla, "precision": precision})
+    for w in warnings:
+        progress.say(f"    note: {w}")
+
+    # -- verify -----------------------------------------------------------------------
+    with progress.stage("verify", f"vs FP32 PyTorch on {len(verify_frames)} held-out frames from {verify_src}") as note:
+        feeds = fam.call("make_inputs", verify_frames, shape, config=config, seed=1, **fopts)
+        if not feeds:
+            raise CalibrationError(f"{verify_src} gave too few frames for one verification batch", "pass --verify-data with more frames")
+        reference = torch_outputs(module, feeds)
+        gt_feeds = gt = gt_ref = None
+        if gt_frames:
+            gt_feeds, gt = _ground_truth_pairs(fam, gt_frames, shape, config, fopts)
+            gt_ref = torch_outputs(module, gt_feeds)
+        verification = verify(
+            final, reference, feeds, opts.min_fidelity, opts.max_drop, gt_feeds, gt_ref, gt, precision=precision
+        )
+        note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
+            f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
+        )
+
+    # -- bundle -----------------------------------------------------------------------
+    with progress.stage("bundle", str(out)):
+        with staging(out) as st:
+            shutil.copyfile(final, st / "model.onnx")
+            n_ref = min(2, len(feeds))
+            np.savez_compressed(
+                st / "reference.npz",
+                **{f"input:{k}": np.stack([f[k] for f in feeds[:n_ref]]) for k in feeds[0]},
+                **{f"output:{fam.output_name}": np.stack(reference[:n_ref])},
+            )
+            (st / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
+            (st / "verification.md").write_text(to_markdown(verification, f"Verification: {opts.model} {config}, {target.name}, {precision}"))
+            context = {
+                "model_path": str(st / "model.onnx"),
+                "float_model_path": str(lowered),
+                "precision": precision,
+                "input_shapes": {k: list(v) for k, v in input_shapes.items()},
+                "output_names": [fam.output_name],
+                "reference_path": str(st / "reference.npz"),
+                "cache_dir": str(cache.root),
+                "dla": opts.dla,
+                "verify": {"min_fidelity": opts.min_fidelity},
+            }
+            extra = target.finish_bundle(str(st), context)
+            manifest = {
+                "name": out.name,
+                "model": "model.onnx",
+                "family": opts.model,
+                "config": config,
+                "family_options": fopts,
+                "checkpoint": {"path": str(ckpt) if ckpt else None, "sha256": ckpt_hash, "reference_weights": opts.checkpoint is None},
+                "target": target.name,
+                "runtime": target.runtime,
+                "precision": precision,
+                "qdq_flavour": target.qdq_flavour if precision == "int8" else None,
+                "inputs": [{"name": k, "shape": list(v), "dtype": "float32", "range": [0.0, 1.0]} for k, v in input_shapes.items()],
+                "outputs": [{"name": fam.output_name, "shape": list(reference[0].shape), "dtype": "float32", "range": [0.0, 1.0]}],
+                "layout": "clip" if len(next(iter(input_shapes.values()))) == 5 else "image",
+                "reference": "reference.npz",
+                "ops": op_counts(final_model),
+                "stages": {"seconds": progress.timings, **reports},
+                "verification": {k: v for k, v in verification.items() if k != "per_sample"},
+                "warnings": warnings,
+                "tools": tool_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            manifest.update(extra)
+            manifest = write_manifest(st, manifest)
+
+    # -- profile ----------------------------------------------------------------------
+    profile = None
+    with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
+        from lowlight.compile.profile import profile_bundle
+
+        profile = profile_bundle(out, runs=opts.profile_runs)
+        note["note"] = f"p50 {profile['latency_ms']['p50']:.1f} ms, {profile['fps']:.1f} frames/s"
+    from lowlight.runtime.bundle import read_manifest
+
+    manifest = read_manifest(out)
+    notes += list(manifest.get("notes", []))
+    progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
+    return CompileResult(out, manifest, verification, profile, notes)
+
+
+def _ground_truth_pairs(fam: Any, clean_frames: list[np.ndarray], shape: str, config: str, fopts: dict[str, str]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Synthetic (low-light input, clean target) pairs from clean photos, with the training degradation."""
+    from lowlight.calibration.degrade import degrade_clip
+
+    rng = np.random.default_rng(7)
+    clean = fam.call("make_inputs", clean_frames, shape, config=config, seed=2, **fopts)
+    feeds, gts = [], []
+    for feed in clean:
+        rgb = feed["rgb"]
+        flat = rgb.reshape(-1, *rgb.shape[-3:]).transpose(0, 2, 3, 1)  # frames x H x W x 3
+        low = degrade_clip(flat, rng).transpose(0, 3, 1, 2).reshape(rgb.shape)
+        feeds.append({**feed, "rgb": low.astype(np.float32)})
+        gts.append(rgb)
+    return feeds, gts

@@ -1,0 +1,248 @@
+"""Quantize stage: FP16 conversion, or INT8 post-training Q/DQ calibrated on real frames.
+
+Two INT8 engines: NNCF (the default) and onnxruntime's static quantizer. The
+Q/DQ flavour is the target's: TensorRT takes only symmetric int8 with
+zero-point 0 (per-channel weights on axis 0); onnxruntime on x86 runs uint8
+activations x int8 weights (U8S8) fastest. For the CPU target both engines are
+run and timed here, and the faster artifact that keeps fidelity wins: on conv
+U-Nets ORT's U8S8 Q/DQ is typically the fast one.
+The spectral path (DFT ... inverse DFT) and anything lowering created stay float.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+import onnx
+
+from lowlight.compile.simplify import run_onnx
+
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def to_fp16(src: str | Path, dst: str | Path, keep_float: list[str]) -> dict[str, Any]:
+    """FP16 weights and activations, float32 inputs/outputs; `keep_float` nodes (and DFT) stay FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        half = convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["DFT"],
+            node_block_list=keep_float,
+        )
+    onnx.save(half, str(dst))
+    return {"engine": "onnxruntime.transformers.float16", "kept_float": len(keep_float)}
+
+
+def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
+    import nncf
+    import onnx
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    model = onnx.load(str(src))
+    if flavour == "trt-s8s8":
+        # Symmetric everywhere; NNCF still picks unsigned for non-negative tensors
+        # (forcing signed conflicts with its HW configs), fixed up below.
+        preset = nncf.QuantizationPreset.PERFORMANCE
+        advanced = AdvancedQuantizationParameters(
+            activations_quantization_params=QuantizationParameters(mode=QuantizationScheme.SYMMETRIC),
+        )
+    else:
+        preset = nncf.QuantizationPreset.MIXED  # asymmetric activations, symmetric weights
+        advanced = AdvancedQuantizationParameters()
+    ignored = nncf.IgnoredScope(names=keep_float, validate=False) if keep_float else None
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            q = nncf.quantize(
+                model,
+                nncf.Dataset(feeds),
+                preset=preset,
+                subset_size=len(feeds),
+                ignored_scope=ignored,
+                advanced_parameters=advanced,
+            )
+    finally:
+        nncf_log.setLevel(level)
+    if flavour == "trt-s8s8":
+        q = unsigned_to_signed_qdq(q)
+    onnx.save(q, str(dst))
+
+
+def unsigned_to_signed_qdq(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Rewrite symmetric uint8 Q/DQ (zero-point 0) as int8 with zero-point 0, the only form TensorRT takes.
+
+    A uint8 grid [0, 255]*s becomes an int8 grid [0, 127]*(255/127 s): the same
+    range with half the levels, which is what TensorRT does for non-negative
+    tensors anyway. Asymmetric uint8 (non-zero zero-point) cannot be converted.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done: set[str] = set()
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
+            continue
+        zp_name, scale_name = n.input[2], n.input[1]
+        zp = inits.get(zp_name)
+        if zp is None or zp.data_type != onnx.TensorProto.UINT8:
+            continue
+        zp_arr = numpy_helper.to_array(zp)
+        if np.any(zp_arr != 0):
+            raise ValueError(f"{n.name}: asymmetric uint8 Q/DQ cannot be made TensorRT-compatible")
+        if zp_name not in done:
+            zp.CopyFrom(numpy_helper.from_array(zp_arr.astype(np.int8), zp_name))
+            done.add(zp_name)
+        if scale_name not in done:
+            scale = numpy_helper.to_array(inits[scale_name])
+            inits[scale_name].CopyFrom(numpy_helper.from_array((scale * (255.0 / 127.0)).astype(scale.dtype), scale_name))
+            done.add(scale_name)
+    # stale uint8 type annotations of the quantized tensors would fail type checking
+    stale = [v for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+    for v in stale:
+        model.graph.value_info.remove(v)
+    return model
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it: Iterable[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)  # type: ignore[call-overload]
+
+
+def _ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    symmetric = flavour == "trt-s8s8"
+    ort_log = logging.getLogger()
+    level = ort_log.level
+    ort_log.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            _Reader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        )
+    finally:
+        ort_log.setLevel(level)
+
+
+ENGINES = {"nncf": _nncf_int8, "ort": _ort_int8}
+
+
+def time_onnx(path: str | Path, feed: dict[str, np.ndarray], runs: int = 5) -> float:
+    """Median seconds per run with onnxruntime on this machine (after one warm-up run)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def qdq_fidelity(float_path: str | Path, q_path: str | Path, feeds: list[dict[str, np.ndarray]]) -> float:
+    """Mean PSNR (dB) of the quantized graph's outputs vs the float graph's."""
+    from lowlight.compile.metrics import psnr
+
+    return float(np.mean([psnr(run_onnx(q_path, f)[0], run_onnx(float_path, f)[0]) for f in feeds]))
+
+
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    feeds: list[dict[str, np.ndarray]],
+    flavour: str,
+    keep_float: list[str],
+    engine: str = "auto",
+    check_feeds: list[dict[str, np.ndarray]] | None = None,
+    min_fidelity: float = 35.0,
+    say: Any = print,
+) -> dict[str, Any]:
+    """INT8 Q/DQ of `src` into `dst`; returns a report of every engine tried and the one chosen.
+
+    engine="auto": for onnxruntime flavour ("ort-u8s8"), run NNCF and ORT, time both
+    here and keep the fastest whose fidelity to the float graph is >= min_fidelity;
+    for TensorRT flavour, NNCF (its speed can only be measured on the device).
+    """
+    src, dst = Path(src), Path(dst)
+    check_feeds = check_feeds or feeds[:2]
+    candidates = ["nncf", "ort"] if engine == "auto" and flavour == "ort-u8s8" else ["nncf" if engine == "auto" else engine]
+    report: dict[str, Any] = {"flavour": flavour, "calibration_samples": len(feeds), "kept_float": keep_float, "engines": {}}
+    float_time = time_onnx(src, check_feeds[0]) if len(candidates) > 1 else None
+    if float_time is not None:
+        report["float_seconds"] = float_time
+    best: tuple[float, str] | None = None
+    for name in candidates:
+        out = dst.with_name(f"{dst.stem}.{name}{dst.suffix}")
+        say(f"    INT8 calibration with {name} on {len(feeds)} samples")
+        ENGINES[name](src, out, feeds, flavour, keep_float)
+        entry: dict[str, Any] = {"fidelity_db_vs_float": qdq_fidelity(src, out, check_feeds)}
+        if len(candidates) > 1:
+            entry["seconds"] = time_onnx(out, check_feeds[0])
+            entry["speedup_vs_float"] = float_time / entry["seconds"]  # type: ignore[operator]
+        report["engines"][name] = entry
+        score = entry.get("seconds", 0.0)
+        if entry["fidelity_db_vs_float"] >= min_fidelity and (best is None or score < best[0]):
+            best = (score, name)
+    if best is None:  # none meets the budget: keep the most faithful, verify will fail loudly
+        best = (0.0, max(report["engines"], key=lambda n: report["engines"][n]["fidelity_db_vs_float"]))
+    chosen = best[1]
+    dst.with_name(f"{dst.stem}.{chosen}{dst.suffix}").replace(dst)
+    for name in candidates:
+        dst.with_name(f"{dst.stem}.{name}{dst.suffix}").unlink(missing_ok=True)
+    report["engine"] = chosen
+    return report
+
+
+def qdq_zero_points(path: str | Path) -> list[tuple[str, str, list[int]]]:
+    """(node name, zero-point dtype, zero-point values) of every QuantizeLinear/DequantizeLinear."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            zp = inits.get(n.input[2], consts.get(n.input[2]))
+            if zp is not None:
+                out.append((n.name, str(zp.dtype), [int(v) for v in np.ravel(zp)]))
+    return out
