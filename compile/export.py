@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowlight.compile.graph import name_nodes
+from lowlight.compile.graph import fill_dft_lengths, name_nodes
 
 if TYPE_CHECKING:
     import torch
@@ -53,4 +53,10 @@ def export_onnx(
         )
     program.save(str(path))
     model = onnx.load(str(path))
-    onnx.save(name_nodes(model), str(path))
+    if any(n.domain == "lowlight" for n in model.graph.node):
+        # our custom-op nodes get their standard-op bodies as local functions,
+        # so onnxruntime runs the graph as is (lowering decides their final form)
+        from lowlight.kernels.onnx_export import attach_functions
+
+        model = attach_functions(model)
+    onnx.save(name_nodes(fill_dft_lengths(model)), str(path))

@@ -87,3 +87,34 @@ def float_nodes(model: onnx.ModelProto, spectral: set[str], before_lowering: set
 
 def all_tensor_names(model: onnx.ModelProto) -> set[str]:
     return {o for n in model.graph.node for o in n.output}
+
+
+def fill_dft_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every DFT an explicit dft_length input where the exporter left it empty.
+
+    An empty optional input ('') means "the input's length along the axis"; with
+    static shapes we can write that number down, and tools that walk the graph
+    by edges (NNCF's graph builder) choke on empty edge names.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    targets = [n for n in model.graph.node if n.op_type == "DFT" and len(n.input) >= 2 and n.input[1] == ""]
+    if not targets:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    for i, node in enumerate(targets):
+        shape = shapes.get(node.input[0])
+        axis = int(consts[node.input[2]]) if len(node.input) > 2 and node.input[2] in consts else -2
+        if not shape or shape[axis] is None:
+            continue  # dynamic: leave it to the runtime
+        name = f"{node.name}_dft_length"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(shape[axis], dtype=np.int64), name))
+        node.input[1] = name
+    return model

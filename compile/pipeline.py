@@ -133,7 +133,12 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         m = onnx.load(str(simplified))
         for _, fn in passes:
             m = fn(m)
-        onnx.save(m, str(d / "model.onnx"))
+        onnx.save(m, str(d / "raw.onnx"))
+        if passes:  # fold what the rewrites exposed (e.g. Unsqueeze of a weight), checked like simplify
+            rep = simplify(d / "raw.onnx", d / "model.onnx")
+            (d / "simplify.json").write_text(json.dumps(rep, indent=1))
+        else:
+            (d / "raw.onnx").rename(d / "model.onnx")
 
     with progress.stage("lower", ", ".join(n for n, _ in passes) or "nothing to do for this target") as note:
         lowered, hit = cache.run(

@@ -51,7 +51,7 @@ def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour
     from nncf.common.quantization.structs import QuantizationScheme
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    model = onnx.load(str(src))
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)), data_prop=True)  # NNCF needs every edge typed
     if flavour == "trt-s8s8":
         # Symmetric everywhere; NNCF still picks unsigned for non-negative tensors
         # (forcing signed conflicts with its HW configs), fixed up below.

@@ -73,7 +73,17 @@ class Target:
         return {}
 
 
-CPU = Target(
+@dataclass(frozen=True)
+class CPUTarget(Target):
+    """onnxruntime on the host CPU: custom-op nodes become standard ONNX ops."""
+
+    def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
+        from lowlight.compile.lower_custom_ops import decompose_custom_ops
+
+        return [("decompose_custom_ops", decompose_custom_ops)]
+
+
+CPU = CPUTarget(
     name="cpu",
     summary="x86/ARM CPU with onnxruntime (the default; runs everywhere)",
     runtime="onnxruntime",
