@@ -26,7 +26,7 @@ Nothing here imports tensorrt or triton at module level; this module loads
 # No `from __future__ import annotations`: tensorrt.plugin inspects the
 # annotations of the decorated functions at registration.
 import re
-from typing import Any, Callable, Dict, List, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -83,16 +83,75 @@ def _ptx_for_trt(ptx: str, kernel_name: str, n_params: int) -> str:
     return ptx[: head.start(1)] + "\n\t" + kept + "\n" + ptx[head.end(1):]
 
 
-def _compile(fn: Any, signature: Dict[str, str], constexprs: Dict[str, Any]) -> Tuple[str, str, int, int]:
-    """Triton -> PTX for the current GPU: (kernel name, PTX, threads per block, shared bytes)."""
+#: Largest dynamic shared memory a launch may use without the opt-in attribute.
+_SHARED_LIMIT = 48 * 1024
+
+
+class AotKernel(NamedTuple):
+    """A Triton kernel compiled for TensorRT: what `aot_impl` returns, plus launch facts."""
+
+    name: str
+    ptx: str
+    threads: int
+    shared: int
+    block_p: int
+
+
+def _signature(op: str, t: str) -> Dict[str, str]:
+    if op == "SpectralGate":
+        ins = ("re_ptr", "im_ptr", "wg_ptr", "bg_ptr", "ws_ptr", "bs_ptr")
+        ints = ("B", "C", "HW", "Wf", "s_rb", "s_rc", "s_rh", "s_rw", "s_ib", "s_ic", "s_ih", "s_iw")
+        outs = ("ore_ptr", "oim_ptr")
+    elif op == "IlluminationGate":
+        ins = ("z_ptr", "w_ptr", "b_ptr")
+        ints = ("B", "C", "H", "W", "s_b", "s_c", "s_h", "s_w")
+        outs = ("high_ptr", "low_ptr")
+    else:
+        raise KeyError(f"no TensorRT plugin for {op!r}")
+    sig = {n: f"*{t}" for n in ins}
+    sig.update({n: "i32" for n in ints})
+    sig.update({n: f"*{t}" for n in outs})
+    return sig
+
+
+def compile_aot_kernel(op: str, dtype: str, channels: int, k: int = 1, arch: int | None = None) -> AotKernel:
+    """Compile the kernel behind plugin `op` to PTX for TensorRT.
+
+    dtype: "fp32" | "fp16" | "bf16"; channels: C (a build-time constant: it
+    sizes the tiles); k: IlluminationGate's pool size; arch: SM version such
+    as 87 (Orin) or 90, default the current GPU. Tries tile widths from
+    BLOCK_P down until the kernel fits in 48 KiB of shared memory (no opt-in).
+    Runs without a GPU when `arch` is given (Triton ships ptxas).
+    """
     import triton  # type: ignore[import-untyped, unused-ignore]
 
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-    k = triton.compile(src, options={"num_warps": NUM_WARPS, "num_stages": 1})
-    if getattr(k.metadata, "global_scratch_size", 0):
-        raise RuntimeError(f"{k.metadata.name} needs global scratch memory; not launchable from TensorRT")
-    ptx = _ptx_for_trt(k.asm["ptx"], k.metadata.name, len(signature))
-    return k.metadata.name, ptx, k.metadata.num_warps * 32, k.metadata.shared
+    from lowlight.kernels import _triton as kt
+
+    if op == "SpectralGate":
+        from lowlight.kernels.spectral_gate_kernel import spectral_gate_kernel as fn
+        consts: Dict[str, Any] = {"HOIST": False}  # weights re-read per tile: small shared memory
+    else:
+        from lowlight.kernels.illumination_gate_kernel import illumination_gate_kernel as fn
+        consts = {"K": k}
+    consts.update({"CP": kt.next_pow2(channels), "DOT_PREC": "tf32x3" if dtype == "fp32" else "ieee",
+                   "UPCAST": False})
+    sig = _signature(op, dtype)
+    target = None
+    if arch is not None:
+        from triton.backends.compiler import GPUTarget  # type: ignore[import-untyped, unused-ignore]
+
+        target = GPUTarget("cuda", arch, 32)
+    for bp in (BLOCK_P, BLOCK_P // 2, 16):
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs={**consts, "BLOCK_P": bp})
+        ck = triton.compile(src, target=target, options={"num_warps": NUM_WARPS, "num_stages": 1})
+        if getattr(ck.metadata, "global_scratch_size", 0):
+            raise RuntimeError(f"{ck.metadata.name} needs global scratch memory; not launchable from TensorRT")
+        if ck.metadata.shared <= _SHARED_LIMIT or bp == 16:
+            break
+    if ck.metadata.shared > _SHARED_LIMIT:
+        raise RuntimeError(f"{op} with C={channels} needs {ck.metadata.shared} B of shared memory (> 48 KiB)")
+    ptx = _ptx_for_trt(ck.asm["ptx"], ck.metadata.name, len(sig))
+    return AotKernel(ck.metadata.name, ptx, ck.metadata.num_warps * 32, ck.metadata.shared, bp)
 
 
 def _tl_dtype(trt_dtype: Any) -> str:
@@ -122,10 +181,6 @@ def register_plugins() -> None:
         return
     import tensorrt.plugin as trtp  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-    from lowlight.kernels import _triton as kt
-    from lowlight.kernels.illumination_gate_kernel import illumination_gate_kernel
-    from lowlight.kernels.spectral_gate_kernel import spectral_gate_kernel
-
     register, autotune, aot_impl = (_decorator(d) for d in (trtp.register, trtp.autotune, trtp.aot_impl))
 
     def same_type_combination(n_io: int) -> List[Any]:
@@ -152,27 +207,19 @@ def register_plugins() -> None:
         re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
         w_s: trtp.TensorDesc, b_s: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
-        t = _tl_dtype(re.dtype)
         C = _const(re.shape_expr[1], "SpectralGate channel count")
-        sig = {n: f"*{t}" for n in ("re_ptr", "im_ptr", "wg_ptr", "bg_ptr", "ws_ptr", "bs_ptr")}
-        sig.update({n: "i32" for n in ("B", "C", "HW", "Wf", "s_rb", "s_rc", "s_rh", "s_rw",
-                                       "s_ib", "s_ic", "s_ih", "s_iw")})
-        sig.update({"ore_ptr": f"*{t}", "oim_ptr": f"*{t}"})
-        name, ptx, threads, shared = _compile(spectral_gate_kernel, sig, {
-            "CP": kt.next_pow2(C), "BLOCK_P": BLOCK_P, "DOT_PREC": "tf32x3" if t == "fp32" else "ieee",
-            "UPCAST": False,
-        })
+        kern = compile_aot_kernel("SpectralGate", _tl_dtype(re.dtype), C)
         s = re.shape_expr
         hw = s[2] * s[3]
-        one = trtp.ShapeExpr(1)
-        strides = [s[1] * hw, hw, s[3], one]
+        strides = [s[1] * hw, hw, s[3], trtp.ShapeExpr(1)]
         params = trtp.KernelLaunchParams()
-        params.grid_x = s[0] * trtp.cdiv(hw, BLOCK_P)  # one program per tile (grid-stride loop runs once)
-        params.block_x = threads
-        params.shared_mem = shared
+        # One program per tile: the kernel's grid-stride loop then runs once.
+        params.grid_x = s[0] * trtp.cdiv(hw, kern.block_p)
+        params.block_x = kern.threads
+        params.shared_mem = kern.shared
         extra = trtp.SymIntExprs.from_tuple(
             [trtp.SymInt32(e) for e in (s[0], s[1], hw, s[3], *strides, *strides)])
-        return name, ptx, params, extra
+        return kern.name, kern.ptx, params, extra
 
     # ------------------------------------------------------ IlluminationGate
     @register("lowlight::IlluminationGate")
@@ -193,24 +240,16 @@ def register_plugins() -> None:
         z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
         outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
-        t = _tl_dtype(z.dtype)
-        k = int(kernel_shape[0])
         C = _const(z.shape_expr[1], "IlluminationGate channel count")
-        sig = {"z_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}"}
-        sig.update({n: "i32" for n in ("B", "C", "H", "W", "s_b", "s_c", "s_h", "s_w")})
-        sig.update({"high_ptr": f"*{t}", "low_ptr": f"*{t}"})
-        name, ptx, threads, shared = _compile(illumination_gate_kernel, sig, {
-            "K": k, "CP": kt.next_pow2(C), "BLOCK_P": BLOCK_P,
-            "DOT_PREC": "tf32x3" if t == "fp32" else "ieee", "UPCAST": False,
-        })
+        kern = compile_aot_kernel("IlluminationGate", _tl_dtype(z.dtype), C, k=int(kernel_shape[0]))
         s = z.shape_expr
         hw = s[2] * s[3]
         params = trtp.KernelLaunchParams()
-        params.grid_x = s[0] * trtp.cdiv(hw, BLOCK_P)
-        params.block_x = threads
-        params.shared_mem = shared
+        params.grid_x = s[0] * trtp.cdiv(hw, kern.block_p)
+        params.block_x = kern.threads
+        params.shared_mem = kern.shared
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
             s[0], s[1], s[2], s[3], s[1] * hw, hw, s[3], trtp.ShapeExpr(1))])
-        return name, ptx, params, extra
+        return kern.name, kern.ptx, params, extra
 
     _registered = True

@@ -295,6 +295,26 @@ def test_trt_ptx_hidden_params_dropped():
         _ptx_for_trt(ptx.replace("[k_param_0]", "[k_param_3]"), "k", 2)
 
 
+def test_trt_aot_kernels_compile_for_orin_and_hopper():
+    """The plugin kernels compile to PTX for sm_87 / sm_90 here (Triton ships ptxas; no GPU needed),
+    fit TensorRT's 48 KiB launch limit, use tensor cores, and match TensorRT's argument order."""
+    pytest.importorskip("triton")
+    code = (
+        "from lowlight.kernels.trt_plugins import compile_aot_kernel, _signature\n"
+        "for op, dt, C, k, arch in (('SpectralGate', 'fp16', 48, 1, 87), ('IlluminationGate', 'fp16', 16, 3, 90)):\n"
+        "    a = compile_aot_kernel(op, dt, C, k=k, arch=arch)\n"
+        "    n = len(_signature(op, dt))\n"
+        "    head = a.ptx.split('.entry ' + a.name + '(')[1].split(')')[0]\n"
+        "    assert head.count('.param') == n, (head, n)\n"
+        "    assert a.shared <= 48 * 1024 and a.threads == 128 and 'mma' in a.ptx, a[2:]\n"
+        "    print(op, arch, a.block_p, a.shared)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    res = subprocess.run([sys.executable, "-c", code], env=env, timeout=300, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def _need_tensorrt() -> None:
     from lowlight.kernels.trt_plugins import tensorrt_available
 
