@@ -27,64 +27,24 @@ Bodies (why these forms):
 - MoETop2: dense in standard ops (every expert on every token, gated by the
   scattered top-2 weights): exact and loop-free, E/2 times the sparse FLOPs.
 """
-# No `from __future__ import annotations`: onnxscript and the exporter read
-# these annotations (type constraints of the functions).
-from typing import Any, Callable, Dict, List, Sequence, Tuple, TypeVar, Union
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Tuple
 
 import onnx
 from onnx import defs
-
-import onnxscript
-from onnxscript import BFLOAT16, FLOAT, FLOAT16
-from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-DOMAIN = "lowlight"
-DOMAIN_VERSION = 1
-lowlight = Opset(DOMAIN, DOMAIN_VERSION)
-T = TypeVar("T", bound=Union[FLOAT, FLOAT16, BFLOAT16])
-
-
-@onnxscript.script(lowlight, default_opset=op)
-def SpectralGate(re: T, im: T, w_g: T, b_g: T, w_s: T, b_s: T) -> Tuple[T, T]:
-    axes = op.Constant(value_ints=[2, 3])
-    f = op.Concat(re, im, axis=1)
-    g = op.Sigmoid(op.Conv(f, op.Unsqueeze(w_g, axes), b_g))
-    s = op.Tanh(op.Conv(f, op.Unsqueeze(w_s, axes), b_s))
-    fg = op.Mul(f, g)
-    out = op.Add(fg, op.Mul(fg, s))
-    re_out, im_out = op.Split(out, axis=1, num_outputs=2)
-    return re_out, im_out
-
-
-@onnxscript.script(lowlight, default_opset=op)
-def IlluminationGate(z: T, w: T, b: T, kernel_shape: Sequence[int]) -> Tuple[T, T]:
-    axes = op.Constant(value_ints=[2, 3])
-    low = op.AveragePool(z, auto_pad="SAME_UPPER", count_include_pad=0, kernel_shape=kernel_shape)
-    gate = op.Sigmoid(op.Conv(low, op.Unsqueeze(w, axes), b))
-    high = op.Mul(op.Sub(z, low), gate)
-    return high, low
-
-
-@onnxscript.script(lowlight, default_opset=op)
-def MoETop2(x: T, w_router: T, w1: T, w3: T, w2: T) -> T:
-    probs = op.Softmax(op.MatMul(x, w_router), axis=-1)  # [N, E]
-    k2 = op.Constant(value_ints=[2])
-    vals, idx = op.TopK(probs, k2, axis=-1)
-    last = op.Constant(value_ints=[-1])
-    wts = op.Div(vals, op.ReduceSum(vals, last, keepdims=1))
-    zeros = op.Sub(probs, probs)
-    gate = op.ScatterElements(zeros, idx, wts, axis=1)  # [N, E], two non-zeros per row
-    xe = op.Unsqueeze(x, op.Constant(value_ints=[0]))  # [1, N, D] broadcasts over experts
-    h1 = op.MatMul(xe, w1)  # [E, N, F]
-    h = op.Mul(op.Mul(h1, op.Sigmoid(h1)), op.MatMul(xe, w3))
-    ye = op.MatMul(h, w2)  # [E, N, D]
-    ge = op.Unsqueeze(op.Transpose(gate, perm=[1, 0]), op.Constant(value_ints=[2]))  # [E, N, 1]
-    return op.ReduceSum(op.Mul(ye, ge), op.Constant(value_ints=[0]), keepdims=0)
-
+from lowlight.kernels.onnx_functions import (
+    DOMAIN,
+    DOMAIN_VERSION,
+    IlluminationGate,
+    MoETop2,
+    SpectralGate,
+)
 
 #: Body of each op type (onnxscript functions written against opset 18).
-FUNCTIONS = {"SpectralGate": SpectralGate, "IlluminationGate": IlluminationGate, "MoETop2": MoETop2}
+FUNCTIONS: Dict[str, Any] = {"SpectralGate": SpectralGate, "IlluminationGate": IlluminationGate, "MoETop2": MoETop2}
 #: Torch op name -> ONNX op type.
 OP_TYPES = {"spectral_gate": "SpectralGate", "illumination_gate": "IlluminationGate", "moe_top2": "MoETop2"}
 _BODY_OPSET = 18
@@ -217,4 +177,5 @@ def export_onnx(module: Any, args: Tuple[Any, ...], **kwargs: Any) -> onnx.Model
     import torch
 
     prog = torch.onnx.export(module, args, dynamo=True, custom_translation_table=onnx_translation_table(), **kwargs)
+    assert prog is not None  # dynamo=True always returns an ONNXProgram
     return attach_functions(prog.model_proto)

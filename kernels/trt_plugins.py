@@ -98,6 +98,10 @@ class AotKernel(NamedTuple):
 
 
 def _signature(op: str, t: str) -> Dict[str, str]:
+    """Triton signature of the plugin's kernel: inputs, scalars, outputs (TensorRT's launch order)."""
+    ins: Tuple[str, ...]
+    ints: Tuple[str, ...]
+    outs: Tuple[str, ...]
     if op == "SpectralGate":
         ins = ("re_ptr", "im_ptr", "wg_ptr", "bg_ptr", "ws_ptr", "bs_ptr")
         ints = ("B", "C", "HW", "Wf", "s_rb", "s_rc", "s_rh", "s_rw", "s_ib", "s_ic", "s_ih", "s_iw")
