@@ -92,7 +92,8 @@ def make_plan(target: "TensorRTTarget", context: dict[str, Any], bundle_files: d
 def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: dict[str, Any]) -> dict[str, Any]:
     """Write plan (+ float ONNX and calibration cache for 10.x INT8); build if this host can.
 
-    Returns the manifest entries (one "tensorrt" section).
+    Returns manifest entries: "engine" (None until built: {"file", "trt_version",
+    "arch"}), "engine_status" (why not built, in words), and a "tensorrt" section.
     """
     import onnx
 
@@ -129,21 +130,24 @@ def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: 
         "onnx": plan["onnx"],
         "calibration_cache": plan["calibration_cache"],
         "dla": plan["dla_core"] is not None,
-        "engine": None,
-        "notes": notes,
+        "finish_command": FINISH_COMMAND.format(bundle="BUNDLE"),
     }
+    # Top-level "engine" / "engine_status" are what the runtime and the CLI summary read.
+    entries: dict[str, Any] = {"tensorrt": section, "engine": None}
+    if notes:
+        entries["notes"] = notes
     blocker = build_blocker(target)
     if blocker is None:
         from lowlight.compile.engine import build_engine
 
         info = build_engine(staging, plan, Path(str(context.get("cache_dir", staging))))
-        section.update(info)
-        section["status"] = f"engine built ({plan['engine']}, TensorRT {info['engine_trt_version']}, {info['engine_arch']})"
+        entries["engine"] = info
+        entries["engine_status"] = f"built on this host (TensorRT {info['trt_version']}, {info['arch']})"
     else:
-        section["status"] = (
-            f"engine NOT built yet: {blocker}. The bundle carries the lowered ONNX"
+        # Plain words for the compile summary: what is missing, and what the bundle has instead.
+        entries["engine_status"] = (
+            f"{blocker}; the bundle carries the lowered ONNX"
             + (", the calibration cache" if plan["calibration_cache"] else "")
-            + " and build_plan.json; on the device run: " + FINISH_COMMAND.format(bundle="BUNDLE")
+            + f" and {PLAN_FILE}"
         )
-        section["finish_command"] = FINISH_COMMAND.format(bundle="BUNDLE")
-    return {"tensorrt": section}
+    return entries

@@ -22,11 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the bundle already has an engine")
 
 
-def update_manifest(bundle: Path, section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
-    """Merge `section` into manifest["tensorrt"] and rewrite it with fresh file hashes (atomically)."""
+def update_manifest(bundle: Path, entries: dict[str, Any], section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
+    """Merge top-level `entries` and the "tensorrt" `section`; rewrite with fresh file hashes (atomically)."""
     from lowlight.compile.bundle import write_manifest
 
     manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(entries)
     manifest.setdefault("tensorrt", {}).update(section)
     missing = [name for name in new_files if not (bundle / name).is_file()]
     if missing:
@@ -63,12 +64,12 @@ def run(args: argparse.Namespace) -> int:
         )
     cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "lowlight-compile")
     info = build_engine(bundle, plan, cache_dir)
-    section: dict[str, Any] = dict(info)
-    section["status"] = f"engine built on this device ({info['engine_trt_version']}, {info['engine_arch']})"
+    section: dict[str, Any] = {}
     if not args.no_verify:
         section["engine_verify"] = verify_engine(bundle, plan)
         worst = min(section["engine_verify"]["fidelity_psnr_db"].values(), default=float("inf"))
         print(f"engine fidelity vs FP32 reference: {worst:.2f} dB (min {plan['verify']['min_fidelity']} dB): PASS")
-    update_manifest(bundle, section, [str(plan["engine"])])
+    entries = {"engine": info, "engine_status": f"built on the device (TensorRT {info['trt_version']}, {info['arch']})"}
+    update_manifest(bundle, entries, section, [str(info["file"])])
     print(f"engine written: {engine_path}")
     return 0

@@ -149,9 +149,10 @@ def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | 
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     return {
-        "engine": engine_path.name,
-        "engine_trt_version": str(trt.__version__),
-        "engine_arch": host_gpu_arch() or str(plan["arch"]),
+        "file": engine_path.name,
+        "trt_version": str(trt.__version__),
+        "arch": host_gpu_arch() or str(plan["arch"]),
+        "dla_core": plan.get("dla_core"),
         "timing_cache": str(cache_path),
     }
 

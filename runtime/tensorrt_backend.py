@@ -69,18 +69,18 @@ def host_trt_version() -> str | None:
 
 
 def engine_info(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's TensorRT section ({} when the bundle has none)."""
-    section = manifest.get("tensorrt")
-    return section if isinstance(section, dict) else {}
+    """The manifest's engine entry ({"file", "trt_version", "arch"}; {} when not built)."""
+    entry = manifest.get("engine")
+    return entry if isinstance(entry, dict) else {}
 
 
 def tensorrt_available(manifest: dict[str, Any]) -> tuple[bool, str]:
     """Can this machine run the bundle's engine? (ok, reason naming both sides)."""
     info = engine_info(manifest)
-    if not info.get("engine"):
+    if not info.get("file"):
         return False, "the bundle has no TensorRT engine yet (run `lowlight-compile build-engine BUNDLE` on the device)"
-    want_trt = str(info.get("engine_trt_version") or info.get("trt_version") or "?")
-    want_arch = str(info.get("engine_arch") or info.get("arch") or "?")
+    want_trt = str(info.get("trt_version") or "?")
+    want_arch = str(info.get("arch") or "?")
     have_trt = host_trt_version()
     if have_trt is None:
         return False, f"engine needs TensorRT {want_trt} on {want_arch}, but the tensorrt Python package does not import here"
@@ -104,7 +104,8 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, *, cuda_graph: bool = False, warmup: int = 2) -> None:
+    def __init__(self, engine_path: str | Path, manifest: dict[str, Any] | None = None, *,
+                 cuda_graph: bool = False, warmup: int = 2) -> None:
         import pycuda.autoinit  # type: ignore[import-not-found]  # noqa: F401  (creates the CUDA context)
         import pycuda.driver as cuda  # type: ignore[import-not-found]
         import tensorrt as trt
@@ -157,9 +158,9 @@ class TensorRTBackend:
     def from_bundle(cls, bundle: str | Path, manifest: dict[str, Any], **kwargs: Any) -> "TensorRTBackend":
         """Open the engine a bundle's manifest names (see `tensorrt_available` first)."""
         info = engine_info(manifest)
-        if not info.get("engine"):
+        if not info.get("file"):
             raise BundleError(f"{bundle} has no TensorRT engine", "run `lowlight-compile build-engine BUNDLE` on the device")
-        return cls(Path(bundle) / str(info["engine"]), **kwargs)
+        return cls(Path(bundle) / str(info["file"]), manifest, **kwargs)
 
     def _enqueue(self) -> None:
         cuda = self._cuda

@@ -29,9 +29,9 @@ def test_build_blocker_explains_why() -> None:
 
 
 def test_tensorrt_available_names_both_sides() -> None:
-    ok, why = tensorrt_available({"tensorrt": {"engine": None}})
+    ok, why = tensorrt_available({"engine": None})
     assert not ok and "build-engine" in why
-    ok, why = tensorrt_available({"tensorrt": {"engine": "model.engine", "engine_trt_version": "10.3.0", "engine_arch": "sm_87"}})
+    ok, why = tensorrt_available({"engine": {"file": "model.engine", "trt_version": "10.3.0", "arch": "sm_87"}})
     if not HAVE_TRT:
         assert not ok and "10.3.0" in why and "sm_87" in why
     ok, why = tensorrt_available({})
@@ -85,7 +85,8 @@ def _args(bundle: Path, *extra: str) -> argparse.Namespace:
 def test_build_engine_command_refuses_with_reason_here(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["tensorrt"]["engine"] is None and "NOT built" in manifest["tensorrt"]["status"]
+    assert manifest["engine"] is None and "TensorRT is not installed" in manifest["engine_status"]
+    assert manifest["tensorrt"]["plan"] == "build_plan.json"
     with pytest.raises(TargetError) as err:
         cmd_build_engine.run(_args(bundle))
     assert "TensorRT is not installed" in err.value.what and "TensorRT 10.13" in (err.value.fix or "")
@@ -98,9 +99,10 @@ def test_update_manifest_hashes_new_files(tmp_path: Path) -> None:
 
     (tmp_path / "model.engine").write_bytes(b"engine")
     (tmp_path / "model.onnx").write_bytes(b"onnx")
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "0"}, "tensorrt": {"engine": None}}))
-    m = cmd_build_engine.update_manifest(tmp_path, {"engine": "model.engine"}, ["model.engine"])
-    assert m["tensorrt"]["engine"] == "model.engine"
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "0"}, "engine": None, "tensorrt": {"plan": "p"}}))
+    entries = {"engine": {"file": "model.engine", "trt_version": "10.3.0", "arch": "sm_87"}, "engine_status": "built"}
+    m = cmd_build_engine.update_manifest(tmp_path, entries, {"engine_verify": {"passed": True}}, ["model.engine"])
+    assert m["engine"]["file"] == "model.engine" and m["tensorrt"] == {"plan": "p", "engine_verify": {"passed": True}}
     assert m["files"]["model.engine"] == hashlib.sha256(b"engine").hexdigest()
     assert json.loads((tmp_path / "manifest.json").read_text())["files"]["model.onnx"] == hashlib.sha256(b"onnx").hexdigest()
 

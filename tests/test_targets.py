@@ -169,9 +169,9 @@ def _context(tmp: Path, precision: str) -> dict:
 def test_finish_bundle_10x_int8_writes_cache_and_plan(tmp_path: Path) -> None:
     ctx = _context(tmp_path, "int8")
     entries = get_target("jetson-orin").finish_bundle(str(tmp_path / "staging"), ctx)
-    trt = entries["tensorrt"]
-    assert trt["engine"] is None and "NOT built" in trt["status"] and "build-engine" in trt["status"]
-    assert "Jetson" in trt["status"] or "TensorRT is not installed" in trt["status"]
+    assert entries["engine"] is None and entries["tensorrt"]["finish_command"] == "lowlight-compile build-engine BUNDLE"
+    assert "Jetson" in entries["engine_status"] or "TensorRT is not installed" in entries["engine_status"]
+    assert "calibration cache" in entries["engine_status"]
     plan = json.loads((tmp_path / "staging" / "build_plan.json").read_text())
     assert plan["trt_version"] == "10.3" and plan["arch"] == "sm_87"
     assert plan["onnx"] == "model_float.onnx" and plan["calibration_cache"] == "calibration.cache"
