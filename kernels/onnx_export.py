@@ -65,9 +65,14 @@ def register_onnx_schemas() -> None:
     for name, (ins, outs) in _IO.items():
         if defs.has(name, DOMAIN):
             continue
-        attrs = []
+        A = defs.OpSchema.Attribute
+        # TensorRT ONNX-parser hints that lower_custom_ops.to_plugin_nodes adds (optional).
+        attrs = [
+            A("plugin_namespace", defs.OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
+            A("aot", defs.OpSchema.AttrType.INT, "1: use the plugin's AOT implementation", required=False),
+        ]
         if name == "IlluminationGate":
-            attrs = [defs.OpSchema.Attribute("kernel_shape", defs.OpSchema.AttrType.INTS, "pool size [k, k], k odd")]
+            attrs.append(A("kernel_shape", defs.OpSchema.AttrType.INTS, "pool size [k, k], k odd"))
         schema = defs.OpSchema(
             name, DOMAIN, DOMAIN_VERSION,
             doc=f"lowlight.kernels {name}; body: lowlight.kernels.onnx_export.{name}",

@@ -251,7 +251,7 @@ def test_decompose_bare_export_without_bodies():
 def test_to_plugin_nodes(spectral_onnx):
     from lowlight.compile.lower_custom_ops import to_plugin_nodes
 
-    proto, _, _ = spectral_onnx
+    proto, x, want = spectral_onnx
     out = to_plugin_nodes(proto, plugin_namespace="lowlight")
     nodes = [n for n in out.graph.node if n.domain == "lowlight"]
     assert [n.op_type for n in nodes] == ["SpectralGate", "IlluminationGate"]
@@ -260,6 +260,12 @@ def test_to_plugin_nodes(spectral_onnx):
         assert attrs["plugin_namespace"] == b"lowlight" and attrs["aot"] == 1
     assert not out.functions
     assert len(out.graph.node) == len(proto.graph.node)  # one node per op, nothing else touched
+    # Plugin nodes with their bodies re-attached (the TensorRT target verifies in onnxruntime).
+    from lowlight.kernels.onnx_export import attach_functions
+
+    both = attach_functions(out)
+    onnx.checker.check_model(both, full_check=True)
+    assert np.abs(_ort_run(both, x) - want).max() <= 1e-4
 
 
 def test_lowering_passes_are_noops_without_custom_ops():
