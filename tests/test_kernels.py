@@ -147,6 +147,17 @@ def test_illumination_gate_matches_reference(shape, k, dtype):
     assert_close(out, ref.illumination_gate_ref(*(a.float() for a in args), k), dtype)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_illumination_gate_random_shapes(seed):
+    from lowlight.kernels.illumination_gate_kernel import illumination_gate_triton
+
+    g = _gen(200 + seed)
+    B, C, H, W = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 3), (1, 40), (1, 12), (1, 20)))
+    k = int(torch.randint(0, 4, (1,), generator=g)) * 2 + 1
+    args = illum_args(B, C, H, W, torch.float32, seed)
+    assert_close(illumination_gate_triton(*args, k), ref.illumination_gate_ref(*args, k), torch.float32)
+
+
 def test_illumination_gate_k1_low_is_input():
     from lowlight.kernels.illumination_gate_kernel import illumination_gate_triton
 
@@ -222,6 +233,16 @@ def test_moe_top2_matches_reference(case, dtype):
     out = moe_top2_triton(*args)
     assert out.shape == args[0].shape and out.dtype == dtype
     assert rel_err(out, ref.moe_top2_ref(*(a.float() for a in args))) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_moe_random_shapes(seed):
+    from lowlight.kernels.moe_kernel import moe_top2_triton
+
+    g = _gen(300 + seed)
+    N, D, F, E = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 90), (8, 40), (8, 48), (2, 9)))
+    args = moe_args(N, D, F, E, torch.float32, seed)
+    assert rel_err(moe_top2_triton(*args), ref.moe_top2_ref(*args)) <= 1e-4
 
 
 def test_moe_skewed_routing_empty_experts():
