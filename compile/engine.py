@@ -24,11 +24,12 @@ def build_blocker(target: "TensorRTTarget") -> str | None:
     """Why this host cannot build `target`'s engine, or None when it can."""
     from lowlight.runtime.tensorrt_backend import host_gpu_arch, host_is_jetson, host_trt_version
 
+    # The Jetson rule first: installing TensorRT here would not help.
+    if target.spec.jetson and not host_is_jetson():
+        return f"{target.spec.display} engines must be built on the Jetson itself (TensorRT cannot cross-build for Jetson on this host)"
     have_trt = host_trt_version()
     if have_trt is None:
         return "TensorRT is not installed on this host (the tensorrt Python package does not import)"
-    if target.spec.jetson and not host_is_jetson():
-        return f"{target.spec.display} engines must be built on the Jetson itself (TensorRT cannot cross-build for Jetson on x86)"
     arch = host_gpu_arch()
     if arch is None:
         return "this host has no usable CUDA GPU (or pycuda is missing)"
