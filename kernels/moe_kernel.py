@@ -1,10 +1,11 @@
 """Top-2 MoE with GLU experts (MMAIF's DiT, seed 004) as grouped-GEMM Triton kernels.
 
 Built the way fast MoE kernels are (vLLM's fused_moe, MegaBlocks):
-1. route: logits = x @ w_router, fused softmax/top-2/renormalise (top2_route_kernel.py);
-2. align: the 2N (token, slot) assignments sorted by expert, each expert's run
+1. route: logits = x @ w_router, then fused softmax/top-2/renormalise;
+2. align: the 2N (token, slot) assignments grouped by expert, each expert's run
    padded to BLOCK_M, so every BLOCK_M-row block belongs to one expert
-   (a handful of torch ops, no host sync, no per-expert Python loop);
+   (route + align are two Triton launches, moe_align_kernel.py; no sort, no
+   host sync; `align_by_expert` below is the same layout in torch ops);
 3. one grouped GEMM launch for gate+up, SiLU-GLU fused in the epilogue
    (x rows gathered by token id, never copied);
 4. one grouped GEMM launch for down, routing weight applied in the epilogue,
@@ -24,7 +25,7 @@ import triton.language as tl
 
 from lowlight.kernels import _triton as kt
 from lowlight.kernels._tl import mma
-from lowlight.kernels.top2_route_kernel import top2_route_triton
+from lowlight.kernels.moe_align_kernel import route_and_align
 from lowlight.kernels.checks import check_moe_args
 
 
@@ -132,7 +133,10 @@ def pick_block_m(n_tokens: int, n_experts: int) -> int:
 
 
 def align_by_expert(idx: torch.Tensor, n_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort the 2N assignments by expert, padding each expert's run to `block_m` rows.
+    """Sort the 2N assignments by expert, padding each expert's run to `block_m` rows (torch reference).
+
+    The kernels use `moe_align_kernel.route_and_align` (same layout; within an
+    expert's run the order of assignments may differ).
 
     Returns `sorted_ids [cap]` (assignment id = token*2+slot, padding = 2N) and
     `block_expert [cap // block_m]` (expert of each block; n_experts past the end).
@@ -172,10 +176,9 @@ def moe_top2_triton(
     x, w1, w3, w2 = (t.contiguous() for t in (x, w1, w3, w2))
     if N == 0:
         return torch.empty_like(x)
-    idx, route_w = top2_route_triton(x @ w_router)
     cfg = dict(config or {})
     bm = cfg.pop("BLOCK_M", None) or pick_block_m(N, E)
-    sorted_ids, block_expert = align_by_expert(idx, E, bm)
+    _, route_w, sorted_ids, block_expert = route_and_align(x @ w_router, bm)
     n_blocks = block_expert.numel()
     h = torch.empty((sorted_ids.numel(), F), dtype=x.dtype, device=x.device)
     y2 = torch.empty((N * 2, D), dtype=x.dtype, device=x.device)

@@ -298,6 +298,24 @@ def test_align_by_expert_blocks_are_single_expert(block_m):
     assert 3 not in block_expert.tolist()
 
 
+@pytest.mark.parametrize("N,E,block_m", [(37, 4, 16), (1, 2, 16), (300, 8, 32), (130, 3, 64)])
+def test_route_and_align_kernel_matches_torch_layout(N, E, block_m):
+    """The two-launch Triton route+align gives align_by_expert's blocks (same ids per expert run)."""
+    from lowlight.kernels.moe_align_kernel import route_and_align
+    from lowlight.kernels.moe_kernel import align_by_expert
+
+    logits = torch.randn(N, E, generator=_gen(N))
+    idx, w, sorted_ids, block_expert = route_and_align(logits, block_m)
+    ridx, rw = ref.top2_route_ref(logits)
+    assert torch.equal(idx, ridx) and (w - rw).abs().max().item() <= 1e-6
+    want_ids, want_blocks = align_by_expert(idx, E, block_m)
+    assert torch.equal(block_expert, want_blocks)
+    row_expert = block_expert.repeat_interleave(block_m)
+    for e in range(E):
+        rows = row_expert == e
+        assert sorted(sorted_ids[rows].tolist()) == sorted(want_ids[rows].tolist())
+
+
 def test_moe_rejects_bad_shapes():
     from lowlight.kernels.moe_kernel import moe_top2_triton
 
