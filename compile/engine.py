@@ -90,7 +90,7 @@ def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | 
     logger = trt.Logger(trt.Logger.WARNING)
     if plan.get("plugins"):
         # Our AOT plugins must be in the registry before the parser meets their nodes.
-        from lowlight.kernels.trt_plugins import register_plugins  # type: ignore[import-not-found,unused-ignore]
+        from lowlight.kernels.trt_plugins import register_plugins
 
         register_plugins()
     trt.init_libnvinfer_plugins(logger, "")
