@@ -26,7 +26,7 @@ Nothing here imports tensorrt or triton at module level; this module loads
 # No `from __future__ import annotations`: tensorrt.plugin inspects the
 # annotations of the decorated functions at registration.
 import re
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple, TypeVar, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -167,8 +167,11 @@ def _tl_dtype(trt_dtype: Any) -> str:
     return names[trt_dtype]
 
 
-def _const(expr: Any, what: str) -> int:
-    """Build-time value of a shape expression that sizes a constexpr (channel counts)."""
+def _channels(desc: Any, what: str) -> int:
+    """Build-time channel count of a [B, C, H, W] TensorDesc (it sizes the kernel's tiles)."""
+    if getattr(desc, "has_shape", False):
+        return int(desc.shape[1])
+    expr = desc.shape_expr[1]
     if not expr.is_constant:
         raise ValueError(f"{what} must be static at engine build time (it sizes the kernel's tiles)")
     return int(expr.constant_value())
@@ -210,8 +213,8 @@ def register_plugins() -> None:
     def spectral_gate_aot(
         re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
         w_s: trtp.TensorDesc, b_s: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int,
-    ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
-        C = _const(re.shape_expr[1], "SpectralGate channel count")
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        C = _channels(re, "SpectralGate channel count")
         kern = compile_aot_kernel("SpectralGate", _tl_dtype(re.dtype), C)
         s = re.shape_expr
         hw = s[2] * s[3]
@@ -243,8 +246,8 @@ def register_plugins() -> None:
     def illumination_gate_aot(
         z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
         outputs: Tuple[trtp.TensorDesc], tactic: int,
-    ) -> Tuple[str, str, trtp.KernelLaunchParams, trtp.SymExprs]:
-        C = _const(z.shape_expr[1], "IlluminationGate channel count")
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        C = _channels(z, "IlluminationGate channel count")
         kern = compile_aot_kernel("IlluminationGate", _tl_dtype(z.dtype), C, k=int(kernel_shape[0]))
         s = z.shape_expr
         hw = s[2] * s[3]
