@@ -337,3 +337,28 @@ def test_e2e_jetson_orin_trt_11_4_int8_has_no_cache(tmp_path: Path, cache_dir: P
     assert not (r.bundle / "calibration.cache").exists()
     plan = json.loads((r.bundle / "build_plan.json").read_text())
     assert plan["flags"][0] == "STRONGLY_TYPED" and plan["int8_mode"] == "explicit-qdq" and plan["onnx"] == "model.onnx"
+
+
+@pytest.mark.slow
+def test_e2e_unsupported_op_fails_the_compile_with_the_node_named(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
+    """A target whose TensorRT lacks DFT, with the DFT lowering switched off: the compile must stop at the check."""
+    import dataclasses
+
+    import lowlight.targets as registry
+    from lowlight.targets.tensorrt import TensorRTTarget
+
+    class NoDftLowering(TensorRTTarget):
+        def lowering_passes(self):  # type: ignore[no-untyped-def]
+            return [p for p in super().lowering_passes() if p[0] != "dft-to-matmul"]
+
+    base = get_target("jetson-orin")
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    registry.register(NoDftLowering(**{**fields, "name": "test-orin-no-dft-lowering"}))
+    try:
+        with pytest.raises(TargetError) as err:
+            _compile(tmp_path, cache_dir, tiny_checkpoint, target="test-orin-no-dft-lowering", precision="fp16")
+    finally:
+        registry._REGISTRY.pop("test-orin-no-dft-lowering", None)
+    assert "(DFT): TensorRT 10.3's ONNX parser has no DFT" in err.value.what
+    assert "--trt-version 11.2" in err.value.what
+    assert not (tmp_path / "bundle").exists()  # no half bundle
