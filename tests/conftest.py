@@ -1,0 +1,48 @@
+"""Shared fixtures: the shared data folder, a per-session stage cache, tiny AMNet bundles."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lowlight.calibration.data import SAMPLES_DIR, shared_data_dir
+
+TINY_SHAPE = "1x4x3x64x64"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir(required=False)
+    if d is None:
+        pytest.fail("../shared/data is missing: the tests read real photos from it (set LOWLIGHT_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stage-cache")
+    os.environ["LOWLIGHT_CACHE"] = str(path)
+    return path
+
+
+def compile_tiny(out: Path, cache_dir: Path, **kw: object):
+    """Compile the shipped tiny AMNet at a small shape (helper for the pipeline tests)."""
+    from lowlight.compile.options import CompileOptions
+    from lowlight.compile.pipeline import compile_bundle
+
+    opts = dict(config="tiny", shape=TINY_SHAPE, out=str(out), cache_dir=str(cache_dir), calib=str(SAMPLES_DIR),
+                calib_frames=6, verify_frames=3, profile_runs=3, quiet=True)
+    opts.update(kw)
+    return compile_bundle(CompileOptions(**opts))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path):
+    return compile_tiny(tmp_path_factory.mktemp("b") / "tiny-fp32", cache_dir, precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path):
+    # the tiny test model is barely trained: its INT8 budget is looser than the product default
+    return compile_tiny(tmp_path_factory.mktemp("b") / "tiny-int8", cache_dir, precision="int8", min_fidelity=25.0)

@@ -1,0 +1,144 @@
+"""The whole pipeline on the tiny AMNet: FP32 and INT8 CPU bundles, caching, no half bundles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import TINY_SHAPE, compile_tiny
+from lowlight.compile.quantize import qdq_zero_points, quantize_int8
+from lowlight.compile.simplify import run_onnx
+from lowlight.models import get_family, load
+from lowlight.runtime.errors import CalibrationError, ShapeError, VerificationError
+
+pytestmark = pytest.mark.slow
+
+
+def test_fp32_bundle_matches_pytorch_within_1e3(fp32_bundle):
+    root = fp32_bundle.bundle
+    ref = np.load(root / "reference.npz")
+    fam = get_family("amnet")
+    module = fam.export_wrapper(load("amnet", "tiny"), modalities="rgb")
+    x = ref["input:rgb"][0]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    got = run_onnx(root / "model.onnx", {"rgb": x})[0]
+    assert got.shape == expected.shape == (1, 4, 3, 64, 64)
+    assert float(np.abs(got - expected).max()) <= 1e-3
+    v = fp32_bundle.verification
+    assert v["passed"] and v["max_abs_error"] <= 1e-3 and v["fidelity_psnr_db"] > 60
+
+
+def test_bundle_layout_and_manifest(fp32_bundle):
+    root = fp32_bundle.bundle
+    m = json.loads((root / "manifest.json").read_text())
+    for name in ("model.onnx", "reference.npz", "verification.json", "verification.md", "profile.json", "profile.md"):
+        assert name in m["files"] and len(m["files"][name]) == 64
+    assert m["inputs"] == [{"name": "rgb", "shape": [1, 4, 3, 64, 64], "dtype": "float32", "range": [0.0, 1.0]}]
+    assert m["precision"] == "fp32" and m["target"] == "cpu" and m["family"] == "amnet"
+    assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
+    assert m["verification"]["passed"] is True
+    assert m["profile"]["latency_ms"]["p50"] > 0
+    # the FFT path survives as ONNX DFT on the cpu target; our custom ops are decomposed
+    assert m["ops"].get("DFT", 0) > 0 and not any("::" in k for k in m["ops"])
+    prof = json.loads((root / "profile.json").read_text())
+    assert prof["top_op_types"] and prof["latency_ms"]["p50"] <= prof["latency_ms"]["p99"]
+
+
+def test_int8_bundle_has_qdq_and_keeps_spectral_path_float(int8_bundle):
+    root = int8_bundle.bundle
+    m = int8_bundle.manifest
+    assert m["precision"] == "int8" and m["qdq_flavour"] == "ort-u8s8"
+    assert m["ops"]["QuantizeLinear"] > 10 and m["ops"]["DequantizeLinear"] > 10
+    q = m["stages"]["quantize"]
+    assert q["engine"] in ("nncf", "ort") and set(q["engines"]) == {"nncf", "ort"}  # both measured on cpu
+    for name, entry in q["engines"].items():
+        assert entry["seconds"] > 0 and entry["fidelity_db_vs_float"] > 20
+    model = onnx.load(str(root / "model.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for dft in (n for n in model.graph.node if n.op_type == "DFT"):
+        src = producers.get(dft.input[0])
+        assert src is None or src.op_type != "DequantizeLinear", f"{dft.name} is fed INT8 data"
+    assert int8_bundle.verification["fidelity_psnr_db"] >= 25
+
+
+def test_trt_flavour_qdq_zero_points_are_all_zero_int8(int8_bundle, tmp_path: Path, cache_dir: Path):
+    """TensorRT takes only symmetric int8 Q/DQ: every zero-point must be int8 0."""
+    fam = get_family("amnet")
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.calibration.frames import load_frames
+
+    lowered = next(Path(cache_dir, "lower").glob("*/model.onnx"))
+    feeds = fam.call("make_inputs", load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, config="tiny")
+    for engine in ("nncf", "ort"):
+        out = tmp_path / f"trt-{engine}.onnx"
+        quantize_int8(lowered, out, feeds, "trt-s8s8", [], engine=engine, say=lambda *_: None)
+        zps = qdq_zero_points(out)
+        assert len(zps) > 20
+        assert {dtype for _, dtype, _ in zps} == {"int8"}
+        assert {v for _, _, vals in zps for v in vals} == {0}
+
+
+def test_second_run_is_cached_and_force_redoes(tmp_path: Path, cache_dir: Path, fp32_bundle, capsys):
+    compile_tiny(tmp_path / "again", cache_dir, precision="fp32", quiet=False)
+    err = capsys.readouterr().err
+    assert "export: torch.onnx (dynamo) at 1x4x3x64x64 done" in err and "cached" in err.split("[3/8]")[0]
+    compile_tiny(tmp_path / "forced", cache_dir, precision="fp32", quiet=False, force=True)
+    err = capsys.readouterr().err
+    assert "cached" not in err.split("[3/8]")[0]
+
+
+def test_failed_verification_leaves_nothing(tmp_path: Path, cache_dir: Path, fp32_bundle):
+    out = tmp_path / "never"
+    with pytest.raises(VerificationError) as e:
+        compile_tiny(out, cache_dir, precision="fp16", min_fidelity=500.0)
+    assert "--min-fidelity 500" in str(e.value) and "fix:" in str(e.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_survives_a_failed_rebuild(tmp_path: Path, cache_dir: Path, fp32_bundle):
+    out = tmp_path / "keep"
+    compile_tiny(out, cache_dir, precision="fp32")
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(VerificationError):
+        compile_tiny(out, cache_dir, precision="fp16", min_fidelity=500.0)
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+
+
+def test_ground_truth_drop_is_reported(tmp_path: Path, cache_dir: Path, data_dir: Path, fp32_bundle):
+    r = compile_tiny(tmp_path / "gt", cache_dir, precision="fp16", ground_truth=str(data_dir / "eval" / "clean"), verify_frames=2)
+    gt = r.verification["ground_truth"]
+    assert gt["pairs"] == 2 and abs(gt["drop_db"]) < 0.3 and gt["fp32_psnr_db"] > gt["input_psnr_db"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: d, "has no images"),
+    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "neither a folder"),
+    (lambda d: d / "missing", "does not exist"),
+])
+def test_bad_calibration_source(tmp_path: Path, cache_dir: Path, make, words):
+    src = make(tmp_path)
+    with pytest.raises(CalibrationError, match=words):
+        compile_tiny(tmp_path / "out", cache_dir, precision="int8", calib=str(src))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_calibration_image_and_video(tmp_path: Path, cache_dir: Path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(CalibrationError, match="cannot decode image"):
+        compile_tiny(tmp_path / "out", cache_dir, precision="int8", calib=str(tmp_path / "frames"))
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(CalibrationError, match="cannot decode video"):
+        compile_tiny(tmp_path / "out", cache_dir, precision="int8", calib=str(tmp_path / "clip.mp4"))
+
+
+def test_bad_shape_fails_before_any_work(tmp_path: Path, cache_dir: Path):
+    with pytest.raises(ShapeError, match="dimension 4 \\(width\\) is 66"):
+        compile_tiny(tmp_path / "out", cache_dir, precision="fp32", shape="1x4x3x64x66")
+    assert not (tmp_path / "out").exists()
