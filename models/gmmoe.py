@@ -1,0 +1,554 @@
+"""GM-MoE: low-light enhancement with a gated mixture of three experts (seed 001).
+
+Read top to bottom:
+
+1. `LayerNorm2d`, `SimpleGate`         small building blocks (plain ops, exportable)
+2. `ColorExpert`, `DetailExpert`,
+   `FeatureExpert`                     the paper's Expert1/2/3
+3. `Gate`                              global pool -> Linear -> ReLU -> Linear -> softmax(s/3)
+4. `ExpertBlock`                       gate + experts; dense mixing or top-2 dispatch
+5. `ShallowFeatureBlock`               the SFEB after the intro conv
+6. `GMMoE`                             the NAFNet-style U-Net around the blocks
+7. configs, shapes, inputs and the `Family` registration
+
+Facts from the paper and its public code (Sameenok/gm-moe-lowlight-enhancement):
+width 24, four encoder stages of one block each, one middle block, four
+decoder stages: 19.99M parameters. The code is ours.
+
+Top-2 dispatch is our addition (the paper mixes all three experts): each block
+keeps the two experts with the largest gate weights per image, renormalised
+over the two. Top-2 of three is "drop the argmin"; for batch 1 each expert call
+sits in a `torch.cond` that the ONNX exporter turns into an `If` node, so the
+dropped expert's ops are never executed. Batches are grouped by expert pair.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lowlight.runtime.errors import LowlightError, ShapeError
+
+EXPERT_MODES = ("dense", "top2")
+NUM_EXPERTS = 3
+#: The gate's softmax temperature (s / t in the paper's code).
+GATE_TEMPERATURE = 3.0
+#: Expert1 at the deepest level: a 3x3 stride-2 conv, then a 7x7 max-pool, needs >= 15 px.
+EXPERT1_MIN_SIDE = 15
+
+# ----------------------------------------------------------------------------
+# 1. building blocks
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels of an NCHW tensor, written with plain ops so it exports as such."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + self.eps)
+        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
+
+
+class SimpleGate(nn.Module):
+    """NAFNet's SimpleGate: split channels in half and multiply."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+def conv(cin: int, cout: int, k: int, **kw: Any) -> nn.Conv2d:
+    """Same-padding conv (odd kernel)."""
+    return nn.Conv2d(cin, cout, k, padding=k // 2, **kw)
+
+
+# ----------------------------------------------------------------------------
+# 2. the three experts
+
+
+class ColorExpert(nn.Module):
+    """Expert1 (colour restoration): a low-resolution spatial mask x * sigmoid(...).
+
+    1x1 squeeze to c/4, 3x3 stride-2 conv (no padding), 7x7/3 max-pool, three 3x3
+    convs, bilinear upsample back, plus a 1x1 skip, 1x1 expand, sigmoid.
+    """
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        f = max(c // 4, 1)
+        self.squeeze = nn.Conv2d(c, f, 1)
+        self.skip = nn.Conv2d(f, f, 1)
+        self.down = nn.Conv2d(f, f, 3, stride=2, padding=0)
+        self.conv_max = conv(f, f, 3)
+        self.conv_a = conv(f, f, 3)
+        self.conv_b = conv(f, f, 3)
+        self.expand = nn.Conv2d(f, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze(x)
+        low = F.max_pool2d(self.down(s), kernel_size=7, stride=3)
+        low = F.relu(self.conv_max(low))
+        low = self.conv_b(F.relu(self.conv_a(low)))
+        low = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x * torch.sigmoid(self.expand(low + self.skip(s)))
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: x * sigmoid(conv(relu(conv(avgpool(x)))))."""
+
+    def __init__(self, c: int, reduction: int = 16) -> None:
+        super().__init__()
+        mid = max(c // reduction, 1)
+        self.fc1 = nn.Conv2d(c, mid, 1)
+        self.fc2 = nn.Conv2d(mid, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
+
+
+class SpatialAttention(nn.Module):
+    """x * sigmoid(conv7x7([mean_c(x), max_c(x)]))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        desc = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(desc))
+
+
+class DetailExpert(nn.Module):
+    """Expert2 (detail enhancement): multi-branch convs, channel + spatial attention, residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        h = c // 2
+        self.c1 = conv(c, c, 1)
+        self.c2 = conv(c, h, 3)
+        self.c3 = conv(c, h, 3)
+        self.c4 = conv(2 * c, c, 3)
+        self.c5 = conv(h, h, 3)
+        self.c6 = conv(2 * c, c, 1)
+        self.ca = ChannelAttention(2 * c)
+        self.sa = SpatialAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y1 = F.relu(self.c1(x))
+        y2 = F.relu(self.c2(y1))
+        y3 = F.relu(self.c3(y1))
+        y4 = F.relu(self.c4(torch.cat([y1, y2, y3], 1)))
+        y5 = self.c5(y3)
+        cat = torch.cat([y2, y5, y4], 1)
+        return x + self.c6(self.ca(cat) + self.sa(cat))
+
+
+class FeatureExpert(nn.Module):
+    """Expert3 (high-level features): a NAFNet block with a 1x1+3x3+5x5 front end.
+
+    The original also holds an unused 1x1 conv to 50 channels (`conv6`); we keep
+    it (`unused`) so the paper config has the published 19.99M parameters.
+    """
+
+    def __init__(self, c: int, keep_unused: bool = True) -> None:
+        super().__init__()
+        dw = 2 * c
+        self.norm1 = LayerNorm2d(c)
+        self.conv11 = conv(c, c, 1)
+        self.conv33 = conv(c, c, 3)
+        self.conv55 = conv(c, c, 5)
+        self.conv1 = nn.Conv2d(c, dw, 1)
+        self.conv2 = conv(dw, dw, 3, groups=dw)
+        self.sg = SimpleGate()
+        self.sca = nn.Conv2d(dw // 2, dw // 2, 1)  # simplified channel attention
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = nn.Conv2d(c, 2 * c, 1)
+        self.conv5 = nn.Conv2d(c, c, 1)
+        # Zero-initialised residual scales: the block starts as the identity.
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.unused = nn.Conv2d(c, 50, 1) if keep_unused else None
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(inp)
+        x = self.conv11(x) + self.conv33(x) + self.conv55(x)
+        x = self.sg(self.conv2(self.conv1(x)))
+        x = x * self.sca(x.mean((2, 3), keepdim=True))
+        y = inp + self.conv3(x) * self.beta
+        x = self.conv5(self.sg(self.conv4(self.norm2(y))))
+        return y + x * self.gamma
+
+
+# ----------------------------------------------------------------------------
+# 3. the gate
+
+
+class Gate(nn.Module):
+    """Per-image expert weights: avgpool -> Linear(c, c/4) -> ReLU -> Linear(c/4, 3) -> softmax(s/3)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(c, max(c // 4, 1), bias=False)
+        self.fc2 = nn.Linear(max(c // 4, 1), NUM_EXPERTS, bias=False)
+
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(pooled)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(x.mean((2, 3))) / GATE_TEMPERATURE, dim=1)
+
+
+def top2(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-2 of three experts: (dropped expert index [B], weights [B,3] renormalised, 0 where dropped)."""
+    drop = weights.argmin(dim=1)
+    dropped = F.one_hot(drop, NUM_EXPERTS).bool()
+    kept = weights.masked_fill(dropped, 0.0)
+    return drop, kept / kept.sum(dim=1, keepdim=True)
+
+
+def _pass_through(acc: torch.Tensor, x: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+    return acc.clone()  # cond branches may not alias their inputs; ONNX Identity
+
+
+# The expert pair that runs when expert `d` is dropped.
+PAIRS = ((1, 2), (0, 2), (0, 1))
+
+
+# ----------------------------------------------------------------------------
+# 4. the expert block
+
+
+class ExpertBlock(nn.Module):
+    """Three experts mixed by a gate. `experts="dense"` (the paper) or `"top2"` (ours)."""
+
+    def __init__(self, c: int, experts: str = "dense", keep_unused: bool = True) -> None:
+        super().__init__()
+        self.gate = Gate(c)
+        self.experts = nn.ModuleList([ColorExpert(c), DetailExpert(c), FeatureExpert(c, keep_unused)])
+        self.mode = experts
+        #: gate weights of the last training forward (for the load-balancing loss)
+        self.last_gate: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.gate(x)
+        if self.training:
+            self.last_gate = w
+        if self.mode == "dense":
+            return sum(w[:, k].view(-1, 1, 1, 1) * e(x) for k, e in enumerate(self.experts))
+        drop, kw = top2(w)
+        if x.shape[0] == 1:
+            return self._top2_single(x, drop[0], kw[0])
+        return self._top2_grouped(x, drop, kw)
+
+    def _pair(self, d: int, x: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+        i, j = PAIRS[d]
+        ei, ej = self.experts[i], self.experts[j]
+        return kw[..., i].reshape(-1, 1, 1, 1) * ei(x) + kw[..., j].reshape(-1, 1, 1, 1) * ej(x)
+
+    def _top2_single(self, x: torch.Tensor, drop: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+        """One image: run only the chosen pair.
+
+        Eager: a Python branch. Under export: one `torch.cond` per expert (ONNX `If`),
+        whose else-branch passes the running sum through, so the dropped expert's
+        ops are never executed. (One flat cond per expert traces each expert once;
+        nesting the three-way choice traced them twice and exported 2x slower.)
+        """
+        if not torch.compiler.is_compiling():
+            return self._pair(int(drop), x, kw)
+        first = self.experts[0]
+        # kw[0] is exactly 0 when expert 0 is dropped, so the else-branch yields zeros
+        # (a zeros_like would be folded into a constant the size of the activation).
+        out = torch.cond(drop != 0, lambda x, kw: kw[0] * first(x), lambda x, kw: kw[0] * x, (x, kw))
+        for k in (1, 2):
+            out = torch.cond(drop != k, self._add_expert(k), _pass_through, (out, x, kw))
+        return out
+
+    def _add_expert(self, k: int) -> Any:
+        expert = self.experts[k]
+        return lambda acc, x, kw: acc + kw[k] * expert(x)
+
+    def _top2_grouped(self, x: torch.Tensor, drop: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+        """A batch: group images by expert pair; each group runs its two experts once."""
+        if torch.compiler.is_compiling():
+            raise ShapeError(
+                "gmmoe top-2 dispatch exports for batch 1 only (the groups of a batch have data-dependent sizes)",
+                "compile with batch 1 (--shape 1x3xHxW) and run frames one by one, or use --experts dense",
+            )
+        out = torch.zeros_like(x)
+        for d in range(NUM_EXPERTS):
+            idx = (drop == d).nonzero().squeeze(1)
+            if idx.numel():
+                out = out.index_copy(0, idx, self._pair(d, x[idx], kw[idx]))
+        return out
+
+
+# ----------------------------------------------------------------------------
+# 5. shallow feature extraction block (SFEB)
+
+
+class ShallowFeatureBlock(nn.Module):
+    """SFEB: depthwise 5x5 (F1) and dilated depthwise 7x7 (F2), mean/max attention, Y = X * F_w."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw5 = conv(c, c, 5, groups=c)
+        self.dw7_dilated = nn.Conv2d(c, c, 7, padding=9, dilation=3, groups=c)
+        self.proj1 = nn.Conv2d(c, c // 2, 1)
+        self.proj2 = nn.Conv2d(c, c // 2, 1)
+        self.squeeze = conv(2, 2, 7)
+        self.expand = nn.Conv2d(c // 2, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f1 = self.dw5(x)
+        f2 = self.dw7_dilated(f1)
+        f1, f2 = self.proj1(f1), self.proj2(f2)
+        both = torch.cat([f1, f2], dim=1)
+        att = torch.sigmoid(self.squeeze(torch.cat([both.mean(1, keepdim=True), both.amax(1, keepdim=True)], 1)))
+        return x * self.expand(f1 * att[:, 0:1] + f2 * att[:, 1:2])
+
+
+# ----------------------------------------------------------------------------
+# 6. the U-Net
+
+
+@dataclass(frozen=True)
+class GMMoEConfig:
+    width: int = 24
+    enc_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    middle_blocks: int = 1
+    dec_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    #: keep the original's unused 1x1 conv in Expert3 (only for the published parameter count)
+    keep_unused: bool = True
+
+    @property
+    def factor(self) -> int:
+        """Downsampling factor: inputs are padded to a multiple of it."""
+        return 2 ** len(self.enc_blocks)
+
+    @property
+    def min_side(self) -> int:
+        """Smallest input side: after padding, Expert1 at the deepest level needs >= 15 px."""
+        return self.factor * (EXPERT1_MIN_SIDE - 1) + 1
+
+
+def check_size(cfg: GMMoEConfig, h: int, w: int) -> None:
+    """Raise ShapeError (saying the minimum) for inputs too small for Expert1 at the deepest level."""
+    for name, side in (("height", h), ("width", w)):
+        if side < cfg.min_side:
+            raise ShapeError(
+                f"rgb {name} {side} is too small for gmmoe: the minimum is {cfg.min_side} px per side "
+                f"(Expert1's stride-2 conv and 7x7 max-pool need {EXPERT1_MIN_SIDE} px at the deepest "
+                f"level, 1/{cfg.factor} scale; inputs are padded to a multiple of {cfg.factor})",
+                f"resize or pad the input to at least {cfg.min_side}x{cfg.min_side}",
+            )
+
+
+class GMMoE(nn.Module):
+    """rgb [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (global residual, not clamped, as in the paper)."""
+
+    def __init__(self, cfg: GMMoEConfig, experts: str = "top2") -> None:
+        super().__init__()
+        if experts not in EXPERT_MODES:
+            raise LowlightError(f"unknown expert mode {experts!r}", f"use --experts {' or '.join(EXPERT_MODES)}")
+        self.cfg = cfg
+        w = cfg.width
+
+        def stage(c: int, n: int) -> nn.Sequential:
+            return nn.Sequential(*[ExpertBlock(c, experts, cfg.keep_unused) for _ in range(n)])
+
+        self.intro = conv(3, w, 3)
+        self.sfeb = ShallowFeatureBlock(w)
+        self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
+        c = w
+        for n in cfg.enc_blocks:
+            self.encoders.append(stage(c, n))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, stride=2))
+            c *= 2
+        self.middle = stage(c, cfg.middle_blocks)
+        self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
+        for n in cfg.dec_blocks:
+            self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
+            c //= 2
+            self.decoders.append(stage(c, n))
+        self.ending = conv(w, 3, 3)
+
+    @property
+    def experts_mode(self) -> str:
+        return self.blocks()[0].mode
+
+    def set_experts(self, mode: str) -> "GMMoE":
+        """Switch every block between dense mixing and top-2 dispatch (weights are the same)."""
+        if mode not in EXPERT_MODES:
+            raise LowlightError(f"unknown expert mode {mode!r}", f"use one of {EXPERT_MODES}")
+        for b in self.blocks():
+            b.mode = mode
+        return self
+
+    def blocks(self) -> list[ExpertBlock]:
+        return [m for m in self.modules() if isinstance(m, ExpertBlock)]
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = rgb.shape
+        check_size(self.cfg, h, w)
+        f = self.cfg.factor
+        # Pad to a multiple of the downsampling factor, crop back at the end (static at export).
+        x = F.pad(rgb, (0, (f - w % f) % f, 0, (f - h % f) % f))
+        inp = x
+        x = self.sfeb(self.intro(x))
+        skips = []
+        for enc, down in zip(self.encoders, self.downs):
+            x = enc(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle(x)
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = dec(up(x) + skip)
+        x = self.ending(x) + inp
+        return x[:, :, :h, :w]
+
+
+def balance_loss(model: GMMoE) -> torch.Tensor:
+    """Load-balancing term over the last training forward (Switch-Transformer style, for top-2 of 3).
+
+    Per block: K/2 * sum_k f_k * P_k, with f_k the fraction of images that keep
+    expert k and P_k its mean gate weight. It is 1 when routing is uniform and
+    grows as the blocks collapse onto the same pair.
+    """
+    terms = []
+    for b in model.blocks():
+        if b.last_gate is None:
+            continue
+        w = b.last_gate
+        drop, _ = top2(w.detach())
+        kept = 1.0 - F.one_hot(drop, NUM_EXPERTS).float()
+        terms.append(NUM_EXPERTS / 2 * (kept.mean(0) * w.mean(0)).sum())
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
+# ----------------------------------------------------------------------------
+# 7. configs and the family
+
+CONFIGS: dict[str, GMMoEConfig] = {
+    # tests: one stage, three blocks (each top-2 block costs ~10 s of torch.cond tracing at export); min side 29 px
+    "tiny": GMMoEConfig(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), keep_unused=False),
+    # shipped reference: see models/weights/gmmoe_small.json and the README for why
+    "small": GMMoEConfig(width=12, enc_blocks=(1, 1, 1), middle_blocks=1, dec_blocks=(1, 1, 1), keep_unused=False),
+    # the paper: width 24, four stages, one block each, one middle block (19.99M parameters)
+    "paper": GMMoEConfig(width=24, enc_blocks=(1, 1, 1, 1), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
+}
+DEFAULT_CONFIG = "small"
+
+
+def _experts(options: dict[str, Any]) -> str:
+    mode = options.get("experts") or "top2"
+    if mode not in EXPERT_MODES:
+        raise LowlightError(f"unknown --experts {mode!r}", f"use --experts {' or '.join(EXPERT_MODES)}")
+    return mode
+
+
+def build_model(config: str = DEFAULT_CONFIG, **options: Any) -> GMMoE:
+    """Fresh GM-MoE at `config`; option `experts="dense"|"top2"` (default top2)."""
+    return GMMoE(CONFIGS[config], experts=_experts(options))
+
+
+def _config_of(options: dict[str, Any]) -> GMMoEConfig:
+    return CONFIGS[options.get("config") or DEFAULT_CONFIG]
+
+
+def default_shape(config: str = DEFAULT_CONFIG, **options: Any) -> str:
+    """Camera-ish 480x640, batch 1 (top-2 dispatch exports for batch 1)."""
+    return "1x3x480x640"
+
+
+def parse_shape(shape: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(d) for d in shape.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
+        raise ShapeError(f"gmmoe shape {shape!r} is not BxCxHxW with C=3", "use e.g. --shape 1x3x480x640")
+    return dims  # type: ignore[return-value]
+
+
+def input_shapes(shape: str, **options: Any) -> dict[str, tuple[int, ...]]:
+    """{"rgb": (B,3,H,W)}; raises ShapeError for sizes the config cannot take."""
+    b, c, h, w = parse_shape(shape)
+    cfg = _config_of(options)
+    check_size(cfg, h, w)
+    if b != 1 and _experts(options) == "top2":
+        raise ShapeError(
+            f"gmmoe --experts top2 compiles for batch 1 (got batch {b}): per-image expert choice is an ONNX If",
+            "use --shape 1x3xHxW (run frames one by one), or --experts dense for batched graphs",
+        )
+    return {"rgb": (b, c, h, w)}
+
+
+def make_inputs(frames: list, shape: str, **options: Any) -> list[dict[str, Any]]:
+    """Feeds {"rgb": [B,3,H,W] float32} from HxWx3 float32 frames in [0,1]: resize-to-cover, centre crop."""
+    import numpy as np
+
+    b, _, h, w = input_shapes(shape, **options)["rgb"]
+    imgs = [fit_frame(np.asarray(f, np.float32), h, w) for f in frames]
+    feeds = []
+    for i in range(0, len(imgs) - b + 1, b):
+        batch = np.stack([im.transpose(2, 0, 1) for im in imgs[i : i + b]])
+        feeds.append({"rgb": np.ascontiguousarray(batch, dtype=np.float32)})
+    return feeds
+
+
+def fit_frame(frame: Any, h: int, w: int) -> Any:
+    """Resize an HxWx3 float frame to cover h x w (aspect kept), then centre-crop."""
+    import numpy as np
+    from PIL import Image
+
+    H, W = frame.shape[:2]
+    s = max(h / H, w / W)
+    if abs(s - 1.0) > 1e-6:
+        nh, nw = max(h, math.ceil(H * s)), max(w, math.ceil(W * s))
+        frame = np.stack(
+            [np.asarray(Image.fromarray(frame[..., k]).resize((nw, nh), Image.BILINEAR)) for k in range(3)], -1
+        )
+        H, W = nh, nw
+    y, x = (H - h) // 2, (W - w) // 2
+    return np.clip(frame[y : y + h, x : x + w], 0.0, 1.0).astype(np.float32)
+
+
+def _train(config: str = DEFAULT_CONFIG, out: str | None = None, **kw: Any) -> Any:
+    from lowlight.models.train_gmmoe import train
+
+    return train(config=config, out=out, **kw)
+
+
+def _register() -> None:
+    from lowlight.models.registry import Family, register
+
+    register(
+        Family(
+            name="gmmoe",
+            configs=CONFIGS,
+            build_fn=build_model,
+            default_shape=default_shape,
+            input_shapes=input_shapes,
+            make_inputs=make_inputs,
+            weights={"small": "gmmoe_small.safetensors"},
+            option_names=("experts",),
+            default_config=DEFAULT_CONFIG,
+            train_fn=_train,
+        )
+    )
+
+
+_register()

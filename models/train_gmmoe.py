@@ -1,0 +1,230 @@
+"""Train GM-MoE's reference weights on synthetic low-light pairs (`lowlight-compile zoo train gmmoe`).
+
+Data: crops of the clean photos in ../shared/data/clean, darkened with the
+spine's degradation model (`lowlight.calibration.degrade.degrade`). A fixed,
+deterministic subset of the photos is held out for evaluation (never trained on).
+
+Loss: the paper's PSNR loss (10*log10(MSE), per image) plus a load-balancing
+term on the gates. Steps alternate between dense mixing and top-2 dispatch,
+so the same weights serve `--experts dense` and `--experts top2`.
+
+    python -m lowlight.models.train_gmmoe --config small --steps 1200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lowlight.models.gmmoe import CONFIGS, DEFAULT_CONFIG, GMMoE, balance_loss, top2
+from lowlight.models.registry import WEIGHTS_DIR
+
+#: Every HOLDOUT_EVERY-th photo (sorted by name, starting at HOLDOUT_OFFSET) is held out.
+HOLDOUT_EVERY, HOLDOUT_OFFSET = 7, 3
+
+
+def split_photos(clean_dir: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(train, held-out) photo paths: a deterministic split of ../shared/data/clean."""
+    if clean_dir is None:
+        from lowlight.calibration.data import shared_data_dir
+
+        clean_dir = shared_data_dir() / "clean"
+    files = sorted(p for p in Path(clean_dir).iterdir() if p.suffix.lower() == ".png")
+    held = [p for i, p in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_OFFSET]
+    return [p for p in files if p not in held], held
+
+
+def read_photo(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def heldout_pairs(size: int = 256, per_photo: int = 2, seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Deterministic (low, clean) HxWx3 pairs from the held-out photos: centre crops, fixed noise."""
+    from lowlight.calibration.degrade import degrade
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for p in split_photos()[1]:
+        img = read_photo(p)
+        H, W = img.shape[:2]
+        s = min(size, H, W)
+        clean = img[(H - s) // 2 : (H - s) // 2 + s, (W - s) // 2 : (W - s) // 2 + s]
+        for _ in range(per_photo):
+            pairs.append((degrade(clean, rng), clean))
+    return pairs
+
+
+def _batch(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    from lowlight.calibration.degrade import degrade
+
+    lows, cleans = [], []
+    for _ in range(n):
+        img = photos[rng.integers(len(photos))]
+        H, W = img.shape[:2]
+        y, x = rng.integers(0, H - crop + 1), rng.integers(0, W - crop + 1)
+        c = img[y : y + crop, x : x + crop]
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        if rng.random() < 0.5:
+            c = c[::-1]
+        c = np.ascontiguousarray(c)
+        lows.append(degrade(c, rng))
+        cleans.append(c)
+    to = lambda a: torch.from_numpy(np.stack(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
+    return to(lows), to(cleans)
+
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The paper's PSNR loss: 10*log10(MSE + eps) per image, averaged (minimising it maximises PSNR)."""
+    mse = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    return (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
+
+
+@torch.no_grad()
+def dropped_experts(model: GMMoE, x: torch.Tensor) -> list[int]:
+    """The expert each block drops under top-2 for the single image `x` (in block order)."""
+    seen: list[int] = []
+    hooks = [b.gate.register_forward_hook(lambda _m, _i, w: seen.append(int(top2(w)[0][0]))) for b in model.blocks()]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@torch.no_grad()
+def evaluate(model: GMMoE, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """PSNR/SSIM on held-out pairs: the input, dense and top-2; and how often each expert is dropped."""
+    from lowlight.compile.metrics import psnr, ssim
+
+    was_training, mode = model.training, model.experts_mode
+    model.eval()
+    scores: dict[str, list[tuple[float, float]]] = {"input": [], "dense": [], "top2": []}
+    drops = np.zeros(3)
+    for low, clean in pairs:
+        gt = clean.transpose(2, 0, 1)
+        scores["input"].append((psnr(low.transpose(2, 0, 1), gt), ssim(low.transpose(2, 0, 1), gt)))
+        x = torch.from_numpy(low.transpose(2, 0, 1).copy())[None]
+        for m in ("dense", "top2"):
+            out = model.set_experts(m)(x)[0].clamp(0, 1).numpy()
+            scores[m].append((psnr(out, gt), ssim(out, gt)))
+        for d in dropped_experts(model, x):
+            drops[d] += 1
+    model.set_experts(mode).train(was_training)
+    res: dict[str, Any] = {
+        k: {"psnr": round(float(np.mean([s[0] for s in v])), 3), "ssim": round(float(np.mean([s[1] for s in v])), 4)}
+        for k, v in scores.items()
+    }
+    res["dropped_fraction"] = {n: round(float(d / drops.sum()), 3) for n, d in zip(("color", "detail", "feature"), drops)}
+    res["pairs"] = len(pairs)
+    return res
+
+
+def train(
+    config: str = DEFAULT_CONFIG,
+    out: str | Path | None = None,
+    steps: int = 1200,
+    batch: int = 4,
+    crop: int = 128,
+    lr: float = 1e-3,
+    balance_weight: float = 1.0,
+    seed: int = 0,
+    threads: int = 1,
+    log_every: int = 25,
+    max_minutes: float | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Train `config` from scratch; write `out` (safetensors) and `out`.json with the metrics."""
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out = Path(out) if out else WEIGHTS_DIR / f"gmmoe_{config}.safetensors"
+    cfg = CONFIGS[config]
+    if crop < cfg.min_side:
+        crop = cfg.factor * math.ceil(cfg.min_side / cfg.factor)
+    train_files, held = split_photos()
+    photos = [p for p in (read_photo(f) for f in train_files) if min(p.shape[:2]) >= crop]
+    pairs = heldout_pairs()
+    print(f"gmmoe {config}: {len(photos)} training photos, {len(held)} held out ({len(pairs)} eval pairs); "
+          f"{steps} steps of {batch}x{crop}x{crop}", flush=True)
+
+    model = GMMoE(cfg, experts="top2").train()
+    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", flush=True)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
+    t0 = time.time()
+    run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
+    for step in range(1, steps + 1):
+        low, clean = _batch(photos, batch, crop, rng)
+        # Alternate dense and top-2 steps: both modes must work on the same weights.
+        mode = "top2" if step % 2 else "dense"
+        model.set_experts(mode)
+        for b in model.blocks():
+            b.last_gate = None
+        loss = psnr_loss(model(low), clean)
+        bal = balance_loss(model) if mode == "top2" else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        (loss + balance_weight * bal).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        run["loss"] += float(loss)
+        run["bal"] += float(bal)
+        run["n"] += 1
+        run["nb"] += mode == "top2"
+        if step % log_every == 0 or step == steps:
+            el = time.time() - t0
+            print(f"step {step}/{steps}  train PSNR {-run['loss'] / run['n']:.2f} dB  balance {run['bal'] / max(run['nb'], 1):.3f}"
+                  f"  lr {sched.get_last_lr()[0]:.2e}  {el / 60:.1f} min (eta {el / step * (steps - step) / 60:.1f} min)",
+                  flush=True)
+            run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
+        if max_minutes is not None and time.time() - t0 > max_minutes * 60:
+            print(f"stopping at step {step}: --max-minutes {max_minutes} reached", flush=True)
+            steps = step
+            break
+    train_min = (time.time() - t0) / 60
+    model.set_experts("top2").eval()
+    metrics = evaluate(model, pairs)
+    metrics.update(config=config, steps=steps, batch=batch, crop=crop, lr=lr, balance_weight=balance_weight,
+                   seed=seed, threads=threads, train_minutes=round(train_min, 1),
+                   params=sum(p.numel() for p in model.parameters()),
+                   heldout_photos=[p.name for p in held])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2), flush=True)
+    print(f"wrote {out}", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--balance-weight", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
+    a = ap.parse_args(argv)
+    train(a.config, a.out, a.steps, a.batch, a.crop, a.lr, a.balance_weight, a.seed, a.threads, a.log_every,
+          a.max_minutes)
+
+
+if __name__ == "__main__":
+    main()
