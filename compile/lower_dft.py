@@ -222,7 +222,7 @@ def lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
         # Carry a factor left by an upstream DFT, and, when this DFT feeds
         # another DFT directly, keep this matrix orthonormal and hand the rest
         # on: then no intermediate spectrum grows past sqrt(n) * max|x|.
-        scale *= carry.pop(src, 1.0)
+        scale *= carry.get(src, 1.0)  # every consumer of src takes the same factor
         ortho = float(np.sqrt(length)) if inverse else 1.0 / float(np.sqrt(length))
         nxt = consumers(dst)
         if nxt and dst not in graph_outputs and all(c.op_type == "DFT" and c.input[0] == dst for c in nxt):

@@ -198,3 +198,20 @@ def test_lowered_spectral_path_is_fp16_safe() -> None:
         out = _run(half, {name: arr})[0].astype(np.float32)
         assert np.isfinite(out).all()
         assert np.abs(out - 0.5 * arr.astype(np.float32)).max() <= 2e-2
+
+
+def test_spectrum_feeding_two_dfts_keeps_both_exact() -> None:
+    """The orthonormal re-scaling hands the leftover factor to every consuming DFT."""
+    axis = numpy_helper.from_array(np.array(1, np.int64), "a1")
+    axis2 = numpy_helper.from_array(np.array(2, np.int64), "a2")
+    nodes = [helper.make_node("DFT", ["x", "", "a1"], ["spec"], name="fwd"),
+             helper.make_node("DFT", ["spec", "", "a1"], ["y1"], name="inv_h", inverse=1),
+             helper.make_node("DFT", ["spec", "", "a2"], ["y2"], name="fwd_w")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 6, 1])],
+                          [helper.make_tensor_value_info("y1", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("y2", TensorProto.FLOAT, None)], [axis, axis2])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    x = np.random.default_rng(5).random([2, 8, 6, 1], dtype=np.float32)
+    want, got = _run(model, {"x": x}), _run(lower_dft(model), {"x": x})
+    for w, o in zip(want, got):
+        assert np.abs(w - o).max() <= 1e-4
