@@ -43,6 +43,10 @@ def dla_fallbacks(model: "onnx.ModelProto") -> list[Fallback]:
 
     graph = model.graph
     consts = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    # Weights reach a MatMul through Q/DQ (INT8) or Cast (FP16): still constants to TensorRT.
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast") and n.input[0] in consts:
+            consts.update(n.output)
     try:
         inferred = shape_inference.infer_shapes(model)
     except Exception:  # advisory report: carry on without shapes

@@ -362,3 +362,19 @@ def test_e2e_unsupported_op_fails_the_compile_with_the_node_named(tmp_path: Path
     assert "(DFT): TensorRT 10.3's ONNX parser has no DFT" in err.value.what
     assert "--trt-version 11.2" in err.value.what
     assert not (tmp_path / "bundle").exists()  # no half bundle
+
+
+def test_dla_sees_quantized_weights_as_constants() -> None:
+    from lowlight.compile.dla import dla_fallbacks
+
+    w = numpy_helper.from_array(np.ones((16, 16), np.int8), "w_q")
+    sc = numpy_helper.from_array(np.array(0.1, np.float32), "sc")
+    zp = numpy_helper.from_array(np.array(0, np.int8), "zp")
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "sc", "zp"], ["w"], name="dq_w"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm_const"),
+             helper.make_node("MatMul", ["x", "x"], ["out"], name="mm_dynamic")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 16, 16]),
+                           helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])], [w, sc, zp])
+    falls = dla_fallbacks(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]))
+    assert [(f.node, f.reason) for f in falls] == [("mm_dynamic", "MatMul on DLA needs a constant operand")]
