@@ -58,10 +58,13 @@ def run(args: argparse.Namespace) -> int:
     target = get_target(str(plan["target"]), str(plan["trt_version"]))
     blocker = build_blocker(target)
     if blocker is not None:
-        raise TargetError(
-            f"cannot build the engine for {plan['target']} here: {blocker}",
-            f"run this command on a {plan['device']} ({plan['arch']}) with TensorRT {plan['trt_version']}",
-        )
+        from lowlight.runtime.tensorrt_backend import host_trt_version
+
+        fix = f"run this command on a {plan['device']} ({plan['arch']}) with TensorRT {plan['trt_version']}"
+        have = host_trt_version()
+        if have is not None and "TensorRT" in blocker and "not portable across versions" in blocker:
+            fix += f", or recompile the bundle for this device with --trt-version {have}"
+        raise TargetError(f"cannot build the engine for {plan['target']} here: {blocker}", fix)
     cache_dir = Path(args.cache_dir or Path.home() / ".cache" / "lowlight-compile")
     info = build_engine(bundle, plan, cache_dir)
     section: dict[str, Any] = {}
