@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,11 @@ def rows(trt_version: str | None = None) -> list[dict[str, object]]:
                                   "default_precision": target.default_precision, "aliases": []}
         row.update(target.facts)
         seen[target.name] = row
-    return list(seen.values())
+    # Jetsons first, then desktop/datacenter GPUs (the device table's order), cpu last.
+    from lowlight.targets.tensorrt import tensorrt_targets
+
+    order = [t.name for t, _ in tensorrt_targets()] + ["cpu"]
+    return sorted(seen.values(), key=lambda r: order.index(str(r["name"])) if r["name"] in order else len(order))
 
 
 def _yn(v: object) -> str:
@@ -42,34 +47,45 @@ def _approx(row: dict[str, object], key: str) -> str:
     return ("~" if row.get("approximate_peaks") else "") + str(row[key])
 
 
+def _render(cols: list[tuple[str, Any]], data_rows: list[dict[str, object]]) -> list[str]:
+    data = [[str(fn(r)) for _, fn in cols] for r in data_rows]
+    widths = [max(len(h), *(len(d[i]) for d in data)) for i, (h, _) in enumerate(cols)]
+    out = ["  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(d, widths)).rstrip() for d in data]
+    return out
+
+
 def table(trt_version: str | None = None) -> str:
-    """The targets table as fixed-width text."""
-    cols = [
-        ("target", lambda r: str(r["name"]) + (f" (= {', '.join(r['aliases'])})" if r.get("aliases") else "")),  # type: ignore[arg-type]
+    """Two fixed-width tables: the hardware, then what each target's TensorRT can do."""
+    data = rows(trt_version)
+    name = ("target", lambda r: str(r["name"]) + (f" (= {', '.join(r['aliases'])})" if r.get("aliases") else ""))
+    hardware = [
+        name,
         ("arch", lambda r: r.get("arch", "-")),
-        ("TRT", lambda r: r.get("trt_version", "-")),
-        ("stack", lambda r: r.get("stack", r.get("backend", "-"))),
-        ("FP16 TF", lambda r: _approx(r, "fp16_tflops")),
+        ("FP16 TFLOPS", lambda r: _approx(r, "fp16_tflops")),
         ("INT8 TOPS", lambda r: _approx(r, "int8_tops")),
         ("DRAM GB/s", lambda r: r.get("dram_gbps", "-")),
-        ("mem GB", lambda r: r.get("memory_gb", "-")),
-        ("DLA", lambda r: r.get("dla_cores", "-")),
-        ("default", lambda r: r["default_precision"]),
+        ("memory GB", lambda r: r.get("memory_gb", "-")),
+        ("DLA cores", lambda r: r.get("dla_cores", "-")),
+        ("default precision", lambda r: r["default_precision"]),
+    ]
+    software = [
+        name,
+        ("stack", lambda r: r.get("stack", r.get("backend", "-"))),
+        ("TensorRT", lambda r: r.get("trt_version", "-")),
         ("ONNX DFT", lambda r: _yn(r.get("onnx_dft"))),
         ("plugins JIT/AOT", lambda r: "-" if "jit_plugins" not in r else f"{_yn(r['jit_plugins'])}/{_yn(r['aot_plugins'])}"),
-        ("strongly typed", lambda r: _yn(r.get("strongly_typed_only"))),
-        ("INT8 cache", lambda r: _yn(r.get("implicit_int8_cache"))),
+        ("strongly typed only", lambda r: _yn(r.get("strongly_typed_only"))),
+        ("INT8 calib cache", lambda r: _yn(r.get("implicit_int8_cache"))),
         ("DLA usable", lambda r: _yn(r.get("dla"))),
         ("IMoELayer", lambda r: _yn(r.get("imoe_layer"))),
     ]
-    data = [[str(fn(r)) for _, fn in cols] for r in rows(trt_version)]
-    widths = [max(len(h), *(len(d[i]) for d in data)) for i, (h, _) in enumerate(cols)]
-    out = ["  ".join(h.ljust(w) for (h, _), w in zip(cols, widths))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(d, widths)) for d in data]
-    out.append("")
-    out.append("Peaks are dense (no sparsity); '~' devices (Orin NX/Nano, Thor) have derived figures. "
-               "--trt-version overrides a target's TensorRT, e.g. `--target jetson-orin --trt-version 11.4` for JetPack 7.2.2+.")
+    out = ["Hardware (dense peaks, no sparsity; ~ = derived, not on a spec sheet)", ""]
+    out += _render(hardware, data)
+    out += ["", "Software stack and TensorRT capabilities" + (f" at TensorRT {trt_version}" if trt_version else ""), ""]
+    out += _render(software, data)
+    out += ["", "--trt-version overrides a target's TensorRT, e.g. `--target jetson-orin --trt-version 11.4` for JetPack 7.2.2+."]
     return "\n".join(out)
 
 
