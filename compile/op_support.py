@@ -33,25 +33,46 @@ class Problem:
 
 
 def find_problems(model: "onnx.ModelProto", target: "TensorRTTarget") -> list[Problem]:
-    """All nodes of `model` that `target`'s TensorRT parser would reject."""
-    from onnx import helper, numpy_helper
-
-    from lowlight.targets.tensorrt import CUSTOM_DOMAIN
+    """All nodes of `model` (and of its If/Loop/Scan bodies) that `target`'s TensorRT parser would reject."""
+    import onnx
+    from onnx import numpy_helper
 
     version = target.version
     vkey = (version.major, version.minor)
     ops = trt_ops.supported_ops(vkey)
-    caps = target.caps
-    graph = model.graph
-    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":  # value, value_ints, value_float...: all constant weights to TensorRT
-            consts[n.output[0]] = _constant_value(n)
     ranks = _ranks(model)
     problems: list[Problem] = []
+    # (graph, name prefix, constants visible from outer scopes): If/Loop/Scan bodies are parsed too.
+    todo: list[tuple[onnx.GraphProto, str, dict[str, np.ndarray]]] = [(model.graph, "", {})]
+    while todo:
+        graph, prefix, outer = todo.pop(0)
+        consts = dict(outer)
+        consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
+        for n in graph.node:
+            if n.op_type == "Constant":  # value, value_ints, value_float...: all constant weights to TensorRT
+                consts[n.output[0]] = _constant_value(n)
+        for i, node in enumerate(graph.node):
+            for a in node.attribute:
+                sub = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+                for j, g in enumerate(sub):
+                    label = f"{node.name or node.op_type}/{a.name}" + (f"[{j}]" if len(sub) > 1 else "")
+                    todo.append((g, f"{prefix}{label}/", consts))
+        problems += _graph_problems(graph, prefix, consts, ranks, target, ops, vkey)
+    return problems
 
+
+def _graph_problems(
+    graph: "onnx.GraphProto", prefix: str, consts: dict[str, np.ndarray], ranks: dict[str, int],
+    target: "TensorRTTarget", ops: frozenset[str], vkey: tuple[int, int],
+) -> list[Problem]:
+    from onnx import helper
+
+    from lowlight.targets.tensorrt import CUSTOM_DOMAIN
+
+    version, caps = target.version, target.caps
+    problems: list[Problem] = []
     for i, node in enumerate(graph.node):
-        name = node.name or f"#{i}:{node.op_type}"
+        name = prefix + (node.name or f"#{i}:{node.op_type}")
 
         def bad(why: str, fix: str) -> None:
             problems.append(Problem(name, node.op_type, why, fix))

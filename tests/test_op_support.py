@@ -95,3 +95,15 @@ def test_lowered_spectral_graph_passes_10_3() -> None:
     with pytest.raises(TargetError):
         check_model(m, get_target("jetson-orin"))
     check_model(lower_dft(m), get_target("jetson-orin"))
+
+
+def test_if_branches_are_checked_too() -> None:
+    then_g = helper.make_graph([helper.make_node("DFT", ["x"], ["t"], name="inner_dft")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Relu", ["x"], ["e"], name="inner_relu")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    m = _model([helper.make_node("If", ["cond"], ["y"], name="route", then_branch=then_g, else_branch=else_g)], [cond])
+    problems = find_problems(m, get_target("jetson-orin"))
+    assert [(p.node, p.op_type) for p in problems] == [("route/then_branch/inner_dft", "DFT")]
+    assert find_problems(m, get_target("jetson-orin", "11.4")) == []
