@@ -56,6 +56,7 @@ SPECTRAL_SHAPES = [
     (2, 3, 5, 7),    # C not a power of two, odd H/Wf
     (1, 16, 9, 5),   # AMNet width
     (1, 48, 4, 33),  # AMNet width, CP padding 48 -> 64, Wf = W/2 + 1
+    (1, 64, 3, 6),   # AMNet base's S2DG width
     (1, 5, 1, 1),    # H = Wf = 1
     (3, 2, 1, 9),    # H = 1, tiny C
     (1, 7, 6, 1),    # Wf = 1
