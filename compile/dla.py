@@ -85,12 +85,21 @@ def dla_fallbacks(model: "onnx.ModelProto") -> list[Fallback]:
     return out
 
 
-def dla_report(model: "onnx.ModelProto") -> list[str]:
-    """Human-readable warnings: a summary line, then one line per GPU-fallback layer."""
-    falls = dla_fallbacks(model)
-    total = sum(1 for n in model.graph.node if n.op_type != "Constant")
+#: Precision plumbing the builder folds into reformats; not layers of their own for the split.
+PLUMBING = frozenset({"Constant", "Cast", "QuantizeLinear", "DequantizeLinear", "Identity"})
+
+
+def dla_report(model: "onnx.ModelProto", names_per_group: int = 4) -> list[str]:
+    """Human-readable warnings: a summary line, then one line per (op, reason) group of GPU-fallback layers."""
+    falls = [f for f in dla_fallbacks(model) if f.op_type not in PLUMBING]
+    total = sum(1 for n in model.graph.node if n.op_type not in PLUMBING)
     if not falls:
         return [f"DLA: all {total} layers can run on the DLA"]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for f in falls:
+        groups.setdefault((f.op_type, f.reason), []).append(f.node)
     lines = [f"DLA: {len(falls)} of {total} layers cannot run on the DLA and fall back to the GPU:"]
-    lines += [f"  {f.node} ({f.op_type}): {f.reason}" for f in falls]
+    for (op, reason), nodes in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(nodes[:names_per_group]) + (f", +{len(nodes) - names_per_group} more" if len(nodes) > names_per_group else "")
+        lines.append(f"  {len(nodes)} x {op}: {reason} ({shown})")
     return lines

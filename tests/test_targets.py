@@ -115,7 +115,7 @@ def _tiny_model() -> onnx.ModelProto:
 def test_dla_option_checks() -> None:
     m = _tiny_model()
     warnings = get_target("jetson-orin").check_graph(m, {"dla": True, "precision": "fp16"})
-    assert any("halve (Div)" in w for w in warnings)
+    assert any("1 x Div: DLA has no Div (halve)" in w for w in warnings)
     assert not any("conv" in w for w in warnings)
     with pytest.raises(TargetError, match="no DLA"):
         get_target("jetson-orin-nano-8").check_graph(m, {"dla": True, "precision": "fp16"})
