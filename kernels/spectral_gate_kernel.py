@@ -2,10 +2,12 @@
 
 out = f * sigmoid(w_g f + b_g) * (1 + tanh(w_s f + b_s)),  f = [re; im] per pixel.
 
-One pass: each program keeps the four [C, C] blocks of both weight matrices in
-registers and walks pixel tiles (grid-stride, so weights are read once per
-program, not once per tile); each tile of re/im is read once and each output
-written once. The channel mixes are `tl.dot`s on [C, C] x [C, P] tiles; the
+One pass: each program walks pixel tiles (grid-stride) reading each tile of
+re/im once and writing each output once. With HOIST (the CUDA default) it
+loads the four [C, C] blocks of both weight matrices once and keeps them on
+chip for all its tiles; without (TensorRT AOT, where a launch gets <= 48 KiB
+of shared memory) it re-reads each block from L2 where it is used. The
+autotuner picks HOIST along with the tile width and warps. The channel mixes are `tl.dot`s on [C, C] x [C, P] tiles; the
 concatenation is never materialised (w @ [re; im] = w[:, :C] re + w[:, C:] im).
 1 + tanh(s) is computed as 2 sigmoid(2 s) (an identity; Triton has no tanh).
 
