@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if engine_path.exists() and not args.force:
         print(f"{engine_path} exists; use --force to rebuild")
         return 0
+    from lowlight.targets.tensorrt import TensorRTTarget
+
     target = get_target(str(plan["target"]), str(plan["trt_version"]))
+    if not isinstance(target, TensorRTTarget):
+        raise BundleError(f"{bundle}'s plan names target {plan['target']!r}, which does not use TensorRT", "recompile for a GPU target")
     blocker = build_blocker(target)
     if blocker is not None:
         from lowlight.runtime.tensorrt_backend import host_trt_version
