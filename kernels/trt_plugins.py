@@ -95,6 +95,7 @@ class AotKernel(NamedTuple):
     threads: int
     shared: int
     block_p: int
+    tile_w: int  # IlluminationGate's tile width (tile = block_p // tile_w rows); 0 for SpectralGate
 
 
 def _signature(op: str, t: str) -> Dict[str, str]:
@@ -146,7 +147,8 @@ def compile_aot_kernel(op: str, dtype: str, channels: int, k: int = 1, arch: int
 
         target = GPUTarget("cuda", arch, 32)
     for bp in (BLOCK_P, BLOCK_P // 2, 16):
-        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs={**consts, "BLOCK_P": bp})
+        tile = {"TILE_W": min(16, bp)} if op == "IlluminationGate" else {}
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs={**consts, **tile, "BLOCK_P": bp})
         ck = triton.compile(src, target=target, options={"num_warps": NUM_WARPS, "num_stages": 1})
         if getattr(ck.metadata, "global_scratch_size", 0):
             raise RuntimeError(f"{ck.metadata.name} needs global scratch memory; not launchable from TensorRT")
@@ -155,7 +157,8 @@ def compile_aot_kernel(op: str, dtype: str, channels: int, k: int = 1, arch: int
     if ck.metadata.shared > _SHARED_LIMIT:
         raise RuntimeError(f"{op} with C={channels} needs {ck.metadata.shared} B of shared memory (> 48 KiB)")
     ptx = _ptx_for_trt(ck.asm["ptx"], ck.metadata.name, len(sig))
-    return AotKernel(ck.metadata.name, ptx, ck.metadata.num_warps * 32, ck.metadata.shared, bp)
+    return AotKernel(ck.metadata.name, ptx, ck.metadata.num_warps * 32, ck.metadata.shared, bp,
+                     tile.get("TILE_W", 0))
 
 
 def _tl_dtype(trt_dtype: Any) -> str:
@@ -252,7 +255,8 @@ def register_plugins() -> None:
         s = z.shape_expr
         hw = s[2] * s[3]
         params = trtp.KernelLaunchParams()
-        params.grid_x = s[0] * trtp.cdiv(hw, kern.block_p)
+        tile_h = kern.block_p // kern.tile_w
+        params.grid_x = s[0] * trtp.cdiv(s[2], tile_h) * trtp.cdiv(s[3], kern.tile_w)
         params.block_x = kern.threads
         params.shared_mem = kern.shared
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (

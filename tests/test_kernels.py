@@ -159,6 +159,16 @@ def test_illumination_gate_random_shapes(seed):
     assert_close(illumination_gate_triton(*args, k), ref.illumination_gate_ref(*args, k), torch.float32)
 
 
+@pytest.mark.parametrize("block_p,tile_w", [(32, 1), (32, 4), (64, 16), (64, 64)])
+def test_illumination_gate_tile_shapes(block_p, tile_w):
+    """2-D tiles of any aspect (1 to 64 wide) cover the image exactly once."""
+    from lowlight.kernels.illumination_gate_kernel import illumination_gate_triton
+
+    args = illum_args(2, 5, 11, 13, torch.float32, seed=4)
+    out = illumination_gate_triton(*args, 5, block_p=block_p, tile_w=tile_w)
+    assert_close(out, ref.illumination_gate_ref(*args, 5), torch.float32)
+
+
 def test_illumination_gate_k1_low_is_input():
     from lowlight.kernels.illumination_gate_kernel import illumination_gate_triton
 
