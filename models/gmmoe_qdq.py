@@ -195,12 +195,14 @@ def gate_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8_with_ifs(src: str | Path, dst: str | Path, feeds: list, flavour: str, keep_float: list[str],
-                           **kw: Any) -> dict[str, Any]:
-    """`lowlight.compile.quantize.quantize_int8`, made to reach into If branches (and keep gates float).
+                           base: Any = None, **kw: Any) -> dict[str, Any]:
+    """`lowlight.compile.quantize.quantize_int8` (or `base`), made to reach into If branches, gates kept float.
 
     Same signature and report; adds `"if_branches": n` and `"gate_nodes_float": n`.
     """
-    from lowlight.compile.quantize import quantize_int8
+    if base is None:
+        from lowlight.compile.quantize import quantize_int8 as base
+    quantize_int8 = base
 
     src, dst = Path(src), Path(dst)
     original = onnx.load(str(src))

@@ -129,6 +129,46 @@ def evaluate(model: GMMoE, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[s
     return res
 
 
+def _phase(model: GMMoE, photos: list[np.ndarray], rng: np.random.Generator, steps: int, lr: float,
+           modes: tuple[str, ...], batch: int, crop: int, balance_weight: float, log_every: int,
+           max_minutes: float | None, label: str) -> int:
+    """`steps` Adam steps cycling through `modes`; returns the steps done (fewer if `max_minutes` ran out)."""
+    if steps <= 0:
+        return 0
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
+    t0 = time.time()
+    run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
+    for step in range(1, steps + 1):
+        low, clean = _batch(photos, batch, crop, rng)
+        # Alternate dense and top-2 steps: both modes must work on the same weights.
+        mode = modes[step % len(modes)]
+        model.set_experts(mode)
+        for b in model.blocks():
+            b.last_gate = None
+        loss = psnr_loss(model(low), clean)
+        bal = balance_loss(model) if mode == "top2" else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        (loss + balance_weight * bal).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        run["loss"] += float(loss.detach())
+        run["bal"] += float(bal.detach())
+        run["n"] += 1
+        run["nb"] += mode == "top2"
+        if step % log_every == 0 or step == steps:
+            el = time.time() - t0
+            print(f"[{label}] step {step}/{steps}  train PSNR {-run['loss'] / run['n']:.2f} dB  "
+                  f"balance {run['bal'] / max(run['nb'], 1):.3f}  lr {sched.get_last_lr()[0]:.2e}  "
+                  f"{el / 60:.1f} min (eta {el / step * (steps - step) / 60:.1f} min)", flush=True)
+            run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
+        if max_minutes is not None and time.time() - t0 > max_minutes * 60:
+            print(f"[{label}] stopping at step {step}: --max-minutes {max_minutes} reached", flush=True)
+            return step
+    return steps
+
+
 def train(
     config: str = DEFAULT_CONFIG,
     out: str | Path | None = None,
@@ -141,9 +181,17 @@ def train(
     threads: int = 1,
     log_every: int = 25,
     max_minutes: float | None = None,
+    top2_steps: int = 0,
+    top2_lr: float = 2e-4,
+    init: str | Path | None = None,
     **_: Any,
 ) -> dict[str, Any]:
-    """Train `config` from scratch; write `out` (safetensors) and `out`.json with the metrics."""
+    """Train `config` (from scratch, or from `init`); write `out` (safetensors) and `out`.json with metrics.
+
+    Phase 1: `steps` steps alternating dense and top-2 (cosine LR from `lr`).
+    Phase 2: `top2_steps` steps of top-2 only (cosine LR from `top2_lr`), so top-2
+    quality holds when the gate drops an expert that still carried weight.
+    """
     from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
@@ -160,43 +208,27 @@ def train(
           f"{steps} steps of {batch}x{crop}x{crop}", flush=True)
 
     model = GMMoE(cfg, experts="top2").train()
+    history: dict[str, Any] = {}
+    if init:
+        from lowlight.models.checkpoint import load_state_dict_into
+
+        load_state_dict_into(model, init, what=f"gmmoe config {config!r}")
+        prev = Path(init).with_suffix(".json")
+        if prev.exists():
+            history = json.loads(prev.read_text())
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}", flush=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.9))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.01)
     t0 = time.time()
-    run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
-    for step in range(1, steps + 1):
-        low, clean = _batch(photos, batch, crop, rng)
-        # Alternate dense and top-2 steps: both modes must work on the same weights.
-        mode = "top2" if step % 2 else "dense"
-        model.set_experts(mode)
-        for b in model.blocks():
-            b.last_gate = None
-        loss = psnr_loss(model(low), clean)
-        bal = balance_loss(model) if mode == "top2" else torch.zeros(())
-        opt.zero_grad(set_to_none=True)
-        (loss + balance_weight * bal).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        run["loss"] += float(loss)
-        run["bal"] += float(bal)
-        run["n"] += 1
-        run["nb"] += mode == "top2"
-        if step % log_every == 0 or step == steps:
-            el = time.time() - t0
-            print(f"step {step}/{steps}  train PSNR {-run['loss'] / run['n']:.2f} dB  balance {run['bal'] / max(run['nb'], 1):.3f}"
-                  f"  lr {sched.get_last_lr()[0]:.2e}  {el / 60:.1f} min (eta {el / step * (steps - step) / 60:.1f} min)",
-                  flush=True)
-            run = {"loss": 0.0, "bal": 0.0, "n": 0, "nb": 0}
-        if max_minutes is not None and time.time() - t0 > max_minutes * 60:
-            print(f"stopping at step {step}: --max-minutes {max_minutes} reached", flush=True)
-            steps = step
-            break
+    done_main = _phase(model, photos, rng, steps, lr, ("dense", "top2"), batch, crop, balance_weight, log_every,
+                       max_minutes, "dense+top2")
+    done_top2 = _phase(model, photos, rng, top2_steps, top2_lr, ("top2",), batch, crop, balance_weight, log_every,
+                       None, "top2 only")
     train_min = (time.time() - t0) / 60
     model.set_experts("top2").eval()
     metrics = evaluate(model, pairs)
-    metrics.update(config=config, steps=steps, batch=batch, crop=crop, lr=lr, balance_weight=balance_weight,
+    if history:  # fine-tuned from `init`: keep the earlier phases' record
+        metrics["init"] = {k: history[k] for k in ("steps", "train_minutes", "top2_steps", "lr", "init") if k in history}
+        metrics["init"]["metrics_before"] = {k: history[k] for k in ("input", "dense", "top2") if k in history}
+    metrics.update(config=config, steps=done_main, top2_steps=done_top2, top2_lr=top2_lr, batch=batch, crop=crop, lr=lr, balance_weight=balance_weight,
                    seed=seed, threads=threads, train_minutes=round(train_min, 1),
                    params=sum(p.numel() for p in model.parameters()),
                    heldout_photos=[p.name for p in held])
@@ -220,10 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop phase 1 early (and go on) after this long")
+    ap.add_argument("--top2-steps", type=int, default=0, help="phase 2: top-2-only steps")
+    ap.add_argument("--top2-lr", type=float, default=2e-4)
+    ap.add_argument("--init", default=None, help="start from these weights (e.g. to run phase 2 only: --steps 0)")
     a = ap.parse_args(argv)
     train(a.config, a.out, a.steps, a.batch, a.crop, a.lr, a.balance_weight, a.seed, a.threads, a.log_every,
-          a.max_minutes)
+          a.max_minutes, a.top2_steps, a.top2_lr, a.init)
 
 
 if __name__ == "__main__":
