@@ -1,8 +1,12 @@
 """Make the sample frames shipped in calibration/samples/ (`python -m lowlight.calibration.samples`).
 
 Kodak photos (unrestricted licence) from ../shared/data/clean, halved to
-384x256 and darkened with the training degradation model at a fixed seed:
+384x256 and darkened with the training noise model at a fixed seed:
 synthetic night frames for `make demo` and the default INT8 calibration set.
+Illumination is spread log-uniformly over 4-80%, wider than the training
+distribution, because a calibration set must cover the brightest frames the
+camera will deliver (real low-light footage is often only partly dark): an
+all-dark set makes INT8 clip brighter frames.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ def make_samples() -> None:
         if img.shape[0] > img.shape[1]:  # portrait Kodak shots: keep every sample landscape
             img = np.ascontiguousarray(img.transpose(1, 0, 2))
         small = fit_frame(img, 256, 384)
-        write_image(SAMPLES_DIR / f"night_{name}", degrade(small, rng))
+        scale = float(np.exp(rng.uniform(np.log(0.04), np.log(0.8))))
+        write_image(SAMPLES_DIR / f"night_{name}", degrade(small, rng, scale=scale))
 
 
 if __name__ == "__main__":

@@ -118,3 +118,42 @@ def fill_dft_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
         model.graph.initializer.append(numpy_helper.from_array(np.array(shape[axis], dtype=np.int64), name))
         node.input[1] = name
     return model
+
+
+def boundary_convs(model: onnx.ModelProto) -> list[str]:
+    """The first Conv(s) after each graph input and the last Conv(s) before each output.
+
+    These see raw pixels and produce the output residual: INT8 error there goes
+    straight into the image, so they stay float (standard first/last-layer rule).
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    found: list[str] = []
+
+    def walk(start: list[str], step) -> None:  # type: ignore[no-untyped-def]
+        seen: set[str] = set()
+        stack = list(start)
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for n in step(t):
+                if n.op_type == "Conv":
+                    if n.name not in found:
+                        found.append(n.name)
+                else:
+                    stack.extend(n.output if step is forward else n.input)
+
+    def forward(t: str) -> list[onnx.NodeProto]:
+        return consumers.get(t, [])
+
+    def backward(t: str) -> list[onnx.NodeProto]:
+        return [producers[t]] if t in producers else []
+
+    walk([i.name for i in model.graph.input], forward)
+    walk([o.name for o in model.graph.output], backward)
+    return found

@@ -65,7 +65,7 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     from lowlight.calibration.frames import load_frames
     from lowlight.compile.bundle import staging, write_manifest
     from lowlight.compile.export import export_onnx
-    from lowlight.compile.graph import all_tensor_names, float_nodes, op_counts, spectral_tensors
+    from lowlight.compile.graph import all_tensor_names, boundary_convs, float_nodes, op_counts, spectral_tensors
     from lowlight.compile.quantize import quantize_int8, to_fp16
     from lowlight.compile.simplify import simplify
     from lowlight.compile.verify import to_markdown, torch_outputs, verify
@@ -147,6 +147,7 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         note["note"] = "cached" if hit else ""
     lowered_model = onnx.load(str(lowered))
     keep_float = float_nodes(lowered_model, spectral, before if passes else set())
+    keep_float += [n for n in boundary_convs(lowered_model) if n not in keep_float]
 
     # -- quantize ---------------------------------------------------------------------
     with progress.stage("quantize", f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) as note:

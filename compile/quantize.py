@@ -50,6 +50,7 @@ def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour
     import onnx
     from nncf.common.quantization.structs import QuantizationScheme
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(src)), data_prop=True)  # NNCF needs every edge typed
     if flavour == "trt-s8s8":
@@ -62,6 +63,9 @@ def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour
     else:
         preset = nncf.QuantizationPreset.MIXED  # asymmetric activations, symmetric weights
         advanced = AdvancedQuantizationParameters()
+    # Global min/max over the calibration set rather than NNCF's default mean of
+    # per-sample extremes: a frame brighter than the average must not clip.
+    advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     ignored = nncf.IgnoredScope(names=keep_float, validate=False) if keep_float else None
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level

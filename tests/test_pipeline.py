@@ -57,13 +57,13 @@ def test_int8_bundle_has_qdq_and_keeps_spectral_path_float(int8_bundle):
     q = m["stages"]["quantize"]
     assert q["engine"] in ("nncf", "ort") and set(q["engines"]) == {"nncf", "ort"}  # both measured on cpu
     for name, entry in q["engines"].items():
-        assert entry["seconds"] > 0 and entry["fidelity_db_vs_float"] > 20
+        assert entry["seconds"] > 0 and entry["fidelity_db_vs_float"] > 30
     model = onnx.load(str(root / "model.onnx"))
     producers = {o: n for n in model.graph.node for o in n.output}
     for dft in (n for n in model.graph.node if n.op_type == "DFT"):
         src = producers.get(dft.input[0])
         assert src is None or src.op_type != "DequantizeLinear", f"{dft.name} is fed INT8 data"
-    assert int8_bundle.verification["fidelity_psnr_db"] >= 25
+    assert int8_bundle.verification["fidelity_psnr_db"] >= 35
 
 
 def test_trt_flavour_qdq_zero_points_are_all_zero_int8(int8_bundle, tmp_path: Path, cache_dir: Path):
