@@ -151,7 +151,8 @@ def _ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour:
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=keep_float,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            # TensorRT wants float biases (it folds them itself), not int32 Q/DQ ones
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
         )
     finally:
         ort_log.setLevel(level)

@@ -42,8 +42,31 @@ def load(
                 f"pass a checkpoint path, or train one with `lowlight-compile zoo train {family} --config {config}`",
             )
         checkpoint = str(path)
-    load_state_dict_into(model, checkpoint, what=f"{family} config {config!r}")
+    try:
+        load_state_dict_into(model, checkpoint, what=f"{family} config {config!r}")
+    except Exception as exc:
+        from lowlight.runtime.errors import CheckpointError
+
+        if isinstance(exc, CheckpointError) and "does not match" in exc.what:
+            other = _matching_config(fam, config, checkpoint, options)
+            if other:
+                raise CheckpointError(exc.what, f"this checkpoint is {family} config {other!r}: pass --config {other}") from exc
+        raise
     return model.eval()
+
+
+def _matching_config(fam: Family, tried: str, checkpoint: str, options: dict[str, Any]) -> str | None:
+    """The other config of `fam` whose parameter shapes match the checkpoint, if one does."""
+    from lowlight.models.checkpoint import read_state_dict
+
+    state = read_state_dict(checkpoint)
+    for name in fam.configs:
+        if name == tried:
+            continue
+        expected = fam.build_fn(name, **options).state_dict()
+        if set(expected) == set(state) and all(expected[k].shape == state[k].shape for k in state):
+            return name
+    return None
 
 
 __all__ = ["Family", "build", "load", "get_family", "family_names", "register"]

@@ -76,7 +76,9 @@ def test_checkpoint_for_another_config_lists_mis_shaped_keys(tmp_path: Path, tin
     with pytest.raises(CheckpointError) as e:
         load("amnet", "base", checkpoint=str(tmp_path / "tiny.safetensors"))
     msg = str(e.value)
-    assert "mis-shaped" in msg and "encoder.inc.weight" in msg and "--config" in msg
+    assert "mis-shaped" in msg and "4 missing key(s): temporal.1.conv.bias" in msg
+    assert "aux_encoders.event.down2.weight: checkpoint (16, 5, 3, 3) vs model (32, 5, 3, 3)" in msg
+    assert "this checkpoint is amnet config 'tiny': pass --config tiny" in msg
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path: Path, tiny_state):
