@@ -357,7 +357,7 @@ def check_size(cfg: GMMoEConfig, h: int, w: int) -> None:
 
 
 class GMMoE(nn.Module):
-    """rgb [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (global residual, not clamped, as in the paper)."""
+    """rgb [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] in [0,1] (global residual; clamped in eval mode)."""
 
     def __init__(self, cfg: GMMoEConfig, experts: str = "top2") -> None:
         super().__init__()
@@ -416,8 +416,9 @@ class GMMoE(nn.Module):
         x = self.middle(x)
         for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = dec(up(x) + skip)
-        x = self.ending(x) + inp
-        return x[:, :, :h, :w]
+        x = (self.ending(x) + inp)[:, :, :h, :w]
+        # The output is an image in [0,1]: clamp at inference (training keeps the paper's unclamped loss).
+        return x if self.training else x.clamp(0.0, 1.0)
 
 
 def balance_loss(model: GMMoE) -> torch.Tensor:

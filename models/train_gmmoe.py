@@ -1,4 +1,4 @@
-"""Train GM-MoE's reference weights on synthetic low-light pairs (`lowlight-compile zoo train gmmoe`).
+r"""Train GM-MoE's reference weights on synthetic low-light pairs (`lowlight-compile zoo train gmmoe`).
 
 Data: crops of the clean photos in ../shared/data/clean, darkened with the
 spine's degradation model (`lowlight.calibration.degrade.degrade`). A fixed,
@@ -8,7 +8,12 @@ Loss: the paper's PSNR loss (10*log10(MSE), per image) plus a load-balancing
 term on the gates. Steps alternate between dense mixing and top-2 dispatch,
 so the same weights serve `--experts dense` and `--experts top2`.
 
-    python -m lowlight.models.train_gmmoe --config small --steps 1200
+    python -m lowlight.models.train_gmmoe --config small      # ~30 min on one core
+
+The shipped weights were made in two runs (same recipe, phase 2 resumed):
+    python -m lowlight.models.train_gmmoe --config small --top2-steps 0          # phase 1, cut at 27 min
+    python -m lowlight.models.train_gmmoe --config small --steps 0 --top2-steps 100 --seed 1 \
+        --init models/weights/gmmoe_small.safetensors                           # phase 2
 """
 from __future__ import annotations
 
@@ -172,7 +177,7 @@ def _phase(model: GMMoE, photos: list[np.ndarray], rng: np.random.Generator, ste
 def train(
     config: str = DEFAULT_CONFIG,
     out: str | Path | None = None,
-    steps: int = 1200,
+    steps: int = 1000,
     batch: int = 4,
     crop: int = 128,
     lr: float = 1e-3,
@@ -180,8 +185,8 @@ def train(
     seed: int = 0,
     threads: int = 1,
     log_every: int = 25,
-    max_minutes: float | None = None,
-    top2_steps: int = 0,
+    max_minutes: float | None = 27.0,
+    top2_steps: int = 100,
     top2_lr: float = 2e-4,
     init: str | Path | None = None,
     **_: Any,
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -252,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop phase 1 early (and go on) after this long")
-    ap.add_argument("--top2-steps", type=int, default=0, help="phase 2: top-2-only steps")
+    ap.add_argument("--max-minutes", type=float, default=27.0, help="stop phase 1 early (and go on) after this long")
+    ap.add_argument("--top2-steps", type=int, default=100, help="phase 2: top-2-only steps")
     ap.add_argument("--top2-lr", type=float, default=2e-4)
     ap.add_argument("--init", default=None, help="start from these weights (e.g. to run phase 2 only: --steps 0)")
     a = ap.parse_args(argv)
