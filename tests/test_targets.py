@@ -310,7 +310,7 @@ def test_e2e_jetson_orin_int8_has_cache_and_exact_float_graph(tmp_path: Path, ca
     assert _ref_error(b, "model_float.onnx") <= 1e-3
     header, scales = read_cache(b / "calibration.cache")
     assert header == "TRT-100300-MinMaxCalibration" and len(scales) > 10
-    assert set(scales) <= tensor_names(flt) and "rgb" in scales
+    assert set(scales) <= tensor_names(flt)  # every entry names a tensor of the ONNX TensorRT parses
     assert all(0 < s < 1 for s in scales.values())
     plan = json.loads((b / "build_plan.json").read_text())
     assert plan["onnx"] == "model_float.onnx" and plan["int8_mode"] == "implicit-calibration-cache"
@@ -330,9 +330,16 @@ def test_e2e_jetson_orin_trt_11_4_keeps_dft(tmp_path: Path, cache_dir: Path, tin
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="spine quantize: NNCF drops model-local functions of plugin nodes; ORT engine quantizes biases to int32 DQ, which TensorRT rejects", strict=False)
+@pytest.mark.xfail(reason="quantize stage: NNCF's statistics model drops the model-local functions of plugin nodes", strict=False)
+def test_e2e_jetson_orin_trt_11_4_int8_with_nncf(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
+    r = _compile(tmp_path, cache_dir, tiny_checkpoint, precision="int8", trt_version="11.4", int8_engine="nncf")
+    assert r.manifest["ops"].get("DFT", 0) == 8
+
+
+@pytest.mark.slow
 def test_e2e_jetson_orin_trt_11_4_int8_has_no_cache(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
-    r = _compile(tmp_path, cache_dir, tiny_checkpoint, precision="int8", trt_version="11.4")
+    # onnxruntime's quantizer keeps the plugin nodes' local functions (NNCF does not, see above).
+    r = _compile(tmp_path, cache_dir, tiny_checkpoint, precision="int8", trt_version="11.4", int8_engine="ort")
     assert r.manifest["ops"].get("DFT", 0) == 8 and r.manifest["ops"]["QuantizeLinear"] > 10
     assert not (r.bundle / "calibration.cache").exists()
     plan = json.loads((r.bundle / "build_plan.json").read_text())
