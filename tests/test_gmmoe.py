@@ -263,3 +263,27 @@ def test_shipped_weights_load_in_both_modes():
     for mode in ("dense", "top2"):
         m = models.load("gmmoe", experts=mode)
         assert not m.training and m.experts_mode == mode
+
+
+# --- INT8 inside If branches (models/gmmoe_qdq.py) ------------------------------------------------
+
+
+def test_inline_and_refold_if_branches_keep_outputs(exported, tmp_path):
+    from lowlight.models.gmmoe_qdq import gate_nodes, inline_then_branches, refold_if_branches
+
+    _, path = exported["top2"]
+    original = onnx.load(str(path))
+    flat = inline_then_branches(original)
+    assert not any(n.op_type == "If" for n in flat.graph.node)  # every expert runs: calibration sees them all
+    back = refold_if_branches(flat, original)
+    onnx.checker.check_model(back)
+    assert sum(n.op_type == "If" for n in back.graph.node) == sum(n.op_type == "If" for n in original.graph.node)
+    x = {"rgb": np.random.default_rng(3).random(SHAPE, dtype=np.float32)}
+    outs = []
+    for name, model in (("orig", original), ("flat", flat), ("back", back)):
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        outs.append(ort.InferenceSession(str(tmp_path / f"{name}.onnx")).run(None, x)[0])
+    # dropped experts are multiplied by exactly zero in the flat graph
+    assert np.abs(outs[1] - outs[0]).max() <= 1e-6 and np.abs(outs[2] - outs[0]).max() == 0.0
+    ops = {n.name: n.op_type for n in original.graph.node}
+    assert {ops[g] for g in gate_nodes(original)} >= {"Softmax", "ReduceMean", "Relu"}
