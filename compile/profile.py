@@ -139,7 +139,7 @@ def to_markdown(r: dict[str, Any]) -> str:
         try:
             from lowlight.compile.roofline import to_markdown as roof_md
 
-            lines += ["", roof_md(r["roofline"])]
+            lines += ["", roof_md(r["roofline"], measured_ms=lat["p50"])]
         except ImportError:
             pass
     return "\n".join(lines) + "\n"

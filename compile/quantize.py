@@ -203,7 +203,24 @@ def quantize_int8(
     """
     src, dst = Path(src), Path(dst)
     check_feeds = check_feeds or feeds[:2]
-    candidates = ["nncf", "ort"] if engine == "auto" and flavour == "ort-u8s8" else ["nncf" if engine == "auto" else engine]
+    has_plugins = any(n.domain == "lowlight" for n in onnx.load(str(src)).graph.node)
+    if engine == "nncf" and has_plugins:
+        from lowlight.runtime.errors import LowlightError
+
+        raise LowlightError(
+            "NNCF cannot quantize a graph with TensorRT plugin nodes (its statistics model drops their "
+            "function bodies, so onnxruntime cannot run it)",
+            "use --int8-engine ort (or auto, which picks it for such graphs)",
+        )
+    if engine == "auto":
+        if has_plugins:
+            # TensorRT plugin nodes: NNCF's statistics model drops the model-local
+            # function bodies onnxruntime needs to run them; ORT's quantizer keeps them
+            candidates = ["ort"]
+        else:
+            candidates = ["nncf", "ort"] if flavour == "ort-u8s8" else ["nncf"]
+    else:
+        candidates = [engine]
     report: dict[str, Any] = {"flavour": flavour, "calibration_samples": len(feeds), "kept_float": keep_float, "engines": {}}
     float_time = time_onnx(src, check_feeds[0]) if len(candidates) > 1 else None
     if float_time is not None:

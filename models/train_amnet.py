@@ -136,8 +136,8 @@ def train(
     steps: int | None = None,
     batch_size: int = 4,
     frames: int = 4,
-    crop: int = 128,
-    lr: float = 1e-3,
+    crop: int = 96,
+    lr: float = 2e-3,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
@@ -148,7 +148,7 @@ def train(
 
     if threads:
         torch.set_num_threads(threads)
-    steps = steps or {"tiny": 150, "base": 400}.get(config, 400)
+    steps = steps or {"tiny": 150, "base": 500}.get(config, 500)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     photos = sorted((shared_data_dir() / "clean").glob("*.png"))
