@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from lowlight.runtime.errors import CalibrationError
-from lowlight.runtime.io import VIDEO_SUFFIXES, IMAGE_SUFFIXES, read_image, read_video_frames
+from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, read_image, read_video_frames
+
+__all__ = ["load_frames", "fit_frame"]
 
 
 def load_frames(source: str | Path, limit: int | None = None, every: int = 1) -> list[np.ndarray]:
@@ -40,17 +42,3 @@ def load_frames(source: str | Path, limit: int | None = None, every: int = 1) ->
         f"({', '.join(sorted(VIDEO_SUFFIXES))})",
         "pass --calib DIR|VIDEO",
     )
-
-
-def fit_frame(frame: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Resize (keeping aspect) so the frame covers h x w, then centre-crop to exactly h x w."""
-    import cv2
-
-    H, W = frame.shape[:2]
-    s = max(h / H, w / W)
-    if abs(s - 1.0) > 1e-6:
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-        frame = cv2.resize(frame, (max(w, round(W * s)), max(h, round(H * s))), interpolation=interp)
-    H, W = frame.shape[:2]
-    y, x = (H - h) // 2, (W - w) // 2
-    return np.ascontiguousarray(frame[y : y + h, x : x + w]).astype(np.float32)

@@ -12,20 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from lowlight.runtime.errors import InputError, LowlightError
-from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image, read_video_frames, video_info, write_image
-
-
-def fit(frame: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Resize (keeping aspect) to cover h x w, centre-crop to it."""
-    import cv2
-
-    H, W = frame.shape[:2]
-    s = max(h / H, w / W)
-    if abs(s - 1) > 1e-6:
-        frame = cv2.resize(frame, (max(w, round(W * s)), max(h, round(H * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    H, W = frame.shape[:2]
-    y, x = (H - h) // 2, (W - w) // 2
-    return np.ascontiguousarray(frame[y : y + h, x : x + w])
+from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, read_image, read_video_frames, video_info, write_image
 
 
 def source_frames(path: Path) -> tuple[Iterator[np.ndarray], int, float]:
@@ -83,7 +70,7 @@ def enhance(bundle: str, input_path: str, output_path: str, darken: float | None
         bar = tqdm(total=count or None, desc=f"enhance ({sess.backend_name})", unit="frame", disable=quiet)
         for chunk in group(frames, b * t):
             n = len(chunk)
-            x = np.stack([fit(f, h, w) for f in chunk] + [fit(chunk[-1], h, w)] * (b * t - n))  # pad the tail
+            x = np.stack([fit_frame(f, h, w) for f in chunk] + [fit_frame(chunk[-1], h, w)] * (b * t - n))  # pad the tail
             if darken is not None:
                 x = np.clip(x * darken, 0, 1)
             x = x.transpose(0, 3, 1, 2).reshape(shape).astype(np.float32)

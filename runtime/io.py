@@ -75,3 +75,17 @@ def read_video_frames(
             raise error(f"cannot decode any frame of video {path}", "check the file is a complete, playable video")
     finally:
         cap.release()
+
+
+def fit_frame(frame: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Resize (keeping aspect) so the frame covers h x w, then centre-crop to exactly h x w."""
+    import cv2
+
+    H, W = frame.shape[:2]
+    s = max(h / H, w / W)
+    if abs(s - 1.0) > 1e-6:
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        frame = cv2.resize(frame, (max(w, round(W * s)), max(h, round(H * s))), interpolation=interp)
+    H, W = frame.shape[:2]
+    y, x = (H - h) // 2, (W - w) // 2
+    return np.ascontiguousarray(frame[y : y + h, x : x + w]).astype(np.float32)
