@@ -59,7 +59,8 @@ def enhance(bundle: str, input_path: str, output_path: str, darken: float | None
     src, out = Path(input_path), Path(output_path)
     frames, count, fps = source_frames(src)
     to_video = out.suffix.lower() in VIDEO_SUFFIXES
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     writer = None
     written = 0
     try:
