@@ -23,7 +23,6 @@ dropped expert's ops are never executed. Batches are grouped by expert pair.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -445,7 +444,9 @@ def balance_loss(model: GMMoE) -> torch.Tensor:
 CONFIGS: dict[str, GMMoEConfig] = {
     # tests: one stage, three blocks (each top-2 block costs ~10 s of torch.cond tracing at export); min side 29 px
     "tiny": GMMoEConfig(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), keep_unused=False),
-    # shipped reference: see models/weights/gmmoe_small.json and the README for why
+    # shipped reference (1.25M params, 5 MB, min side 113 px): the paper's blocks at width 12 and three
+    # stages, so 128 px crops train it (four stages need >= 240 px crops, ~3.5x the cost per step) and
+    # ~630 steps fit the 30-minute single-core budget; metrics in models/weights/gmmoe_small.json
     "small": GMMoEConfig(width=12, enc_blocks=(1, 1, 1), middle_blocks=1, dec_blocks=(1, 1, 1), keep_unused=False),
     # the paper: width 24, four stages, one block each, one middle block (19.99M parameters)
     "paper": GMMoEConfig(width=24, enc_blocks=(1, 1, 1, 1), middle_blocks=1, dec_blocks=(1, 1, 1, 1)),
@@ -501,30 +502,15 @@ def make_inputs(frames: list, shape: str, **options: Any) -> list[dict[str, Any]
     """Feeds {"rgb": [B,3,H,W] float32} from HxWx3 float32 frames in [0,1]: resize-to-cover, centre crop."""
     import numpy as np
 
+    from lowlight.runtime.io import fit_frame
+
     b, _, h, w = input_shapes(shape, **options)["rgb"]
-    imgs = [fit_frame(np.asarray(f, np.float32), h, w) for f in frames]
+    imgs = [np.clip(fit_frame(np.asarray(f, np.float32), h, w), 0.0, 1.0) for f in frames]
     feeds = []
     for i in range(0, len(imgs) - b + 1, b):
         batch = np.stack([im.transpose(2, 0, 1) for im in imgs[i : i + b]])
         feeds.append({"rgb": np.ascontiguousarray(batch, dtype=np.float32)})
     return feeds
-
-
-def fit_frame(frame: Any, h: int, w: int) -> Any:
-    """Resize an HxWx3 float frame to cover h x w (aspect kept), then centre-crop."""
-    import numpy as np
-    from PIL import Image
-
-    H, W = frame.shape[:2]
-    s = max(h / H, w / W)
-    if abs(s - 1.0) > 1e-6:
-        nh, nw = max(h, math.ceil(H * s)), max(w, math.ceil(W * s))
-        frame = np.stack(
-            [np.asarray(Image.fromarray(frame[..., k]).resize((nw, nh), Image.BILINEAR)) for k in range(3)], -1
-        )
-        H, W = nh, nw
-    y, x = (H - h) // 2, (W - w) // 2
-    return np.clip(frame[y : y + h, x : x + w], 0.0, 1.0).astype(np.float32)
 
 
 def _train(config: str = DEFAULT_CONFIG, out: str | None = None, **kw: Any) -> Any:
