@@ -112,6 +112,10 @@ def _zoo(argv: list[str]) -> int:
     t.add_argument("--out", default=None, help="output .safetensors (default: models/weights/<family>_<config>.safetensors)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--crop", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--init", default=None, help="start from these weights (fine-tune)")
     sub.add_parser("list", help="families, configs and shipped weights")
     a = p.parse_args(argv)
     from lowlight.models import family_names, get_family
@@ -126,7 +130,7 @@ def _zoo(argv: list[str]) -> int:
     fam = get_family(a.family)
     if fam.train_fn is None:
         raise LowlightError(f"{a.family} has no training recipe", "train it outside and pass the checkpoint")
-    kw = {k: v for k, v in (("steps", a.steps), ("threads", a.threads)) if v is not None}
+    kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init") and v is not None}
     fam.train_fn(config=a.config or fam.default_config, out=a.out, **kw)
     return 0
 

@@ -141,6 +141,7 @@ def train(
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
+    init: str | None = None,
 ) -> dict[str, float]:
     """Train AMNet `config` and save safetensors + a metrics JSON; returns the eval metrics."""
     from safetensors.torch import save_file
@@ -156,6 +157,10 @@ def train(
     train_imgs = [f for p in train_paths for f in load_frames(p)]
     held_imgs = [f for p in held_paths for f in load_frames(p)]
     model = AMNet(CONFIGS[config])
+    if init:  # fine-tune from earlier weights (safe loading, keys checked)
+        from lowlight.models.checkpoint import load_state_dict_into
+
+        load_state_dict_into(model, init, what=f"amnet config {config!r}")
     bins = model.config.event_bins
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)
@@ -178,7 +183,7 @@ def train(
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
     metrics = evaluate(model, held_imgs)
     metrics.update(
-        config=config, steps=steps, batch_size=batch_size, frames=frames, crop=crop, seed=seed,
+        config=config, steps=steps, batch_size=batch_size, frames=frames, crop=crop, seed=seed, lr=lr, init=init,
         train_seconds=round(time.time() - t0, 1), held_out=[p.name for p in held_paths],
         parameters=sum(p.numel() for p in model.parameters()),
     )  # type: ignore[arg-type]
