@@ -12,7 +12,6 @@ Aim (issue 5): compiled top-2 >= 1.25x faster than compiled dense, <= 0.2 dB los
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -22,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import lowlight.compile.quantize as quantize_mod
 from lowlight.compile.metrics import psnr
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
 from lowlight.models import load
-from lowlight.models.gmmoe_qdq import quantize_int8_with_ifs
 from lowlight.models.train_gmmoe import read_photo, split_photos
 from lowlight.runtime.io import fit_frame
 
@@ -96,7 +93,6 @@ def main() -> None:
     _time_group(runners, ("eager dense", "eager top2"), lows, a.runs, rows)
 
     # INT8 through the pipeline; the family's INT8 hook quantizes inside the If branches, gates float.
-    quantize_mod.quantize_int8 = functools.partial(quantize_int8_with_ifs, base=quantize_mod.quantize_int8)
     import onnxruntime as ort
 
     for mode in ("dense", "top2"):

@@ -106,7 +106,8 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     example = {name: np.random.default_rng(0).random(s, dtype=np.float32) for name, s in input_shapes.items()}
 
     # -- export -----------------------------------------------------------------------
-    export_opts = {"model": opts.model, "config": config, "family_options": fopts, "shape": shape}
+    # the model's source is part of the key: editing the model must not reuse a stale export
+    export_opts = {"model": opts.model, "config": config, "family_options": fopts, "shape": shape, "code": _code_hash(model)}
     with progress.stage("export", f"torch.onnx (dynamo) at {shape}") as note:
         exported, hit = cache.run(
             "export", ckpt_hash, export_opts, lambda d: export_onnx(module, example, fam.output_name, d / "model.onnx"), "model.onnx"
@@ -166,8 +167,10 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
                     "add frames to the calibration folder (16 or more is better), or lower the batch size in --shape",
                 )
 
+            quantizer = fam.int8_fn or quantize_int8
+
             def _int8(d: Path) -> None:
-                rep = quantize_int8(
+                rep = quantizer(
                     lowered, d / "model.onnx", calib_feeds, target.qdq_flavour, keep_float,
                     engine=opts.int8_engine, min_fidelity=opts.min_fidelity, say=progress.say,
                 )
@@ -264,6 +267,26 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     notes += list(manifest.get("notes", []))
     progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
     return CompileResult(out, manifest, verification, profile, notes)
+
+
+def _code_hash(model: Any) -> str:
+    """sha256 of the source files that define `model` and the export translations."""
+    import hashlib
+    import inspect
+
+    import lowlight.compile.export as export_mod
+
+    files = {inspect.getsourcefile(type(m)) for m in model.modules()} | {inspect.getsourcefile(export_mod)}
+    try:
+        import lowlight.kernels.onnx_export as kx
+
+        files.add(inspect.getsourcefile(kx))
+    except ImportError:
+        pass
+    h = hashlib.sha256()
+    for f in sorted(p for p in files if p):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _ground_truth_pairs(fam: Any, clean_frames: list[np.ndarray], shape: str, config: str, fopts: dict[str, str]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:

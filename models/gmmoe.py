@@ -519,6 +519,13 @@ def _train(config: str = DEFAULT_CONFIG, out: str | None = None, **kw: Any) -> A
     return train(config=config, out=out, **kw)
 
 
+def _int8(*args: Any, **kw: Any) -> dict[str, Any]:
+    """INT8 that reaches the experts inside top-2 `If` branches (gate and routing stay float)."""
+    from lowlight.models.gmmoe_qdq import quantize_int8_with_ifs
+
+    return quantize_int8_with_ifs(*args, **kw)
+
+
 def _register() -> None:
     from lowlight.models.registry import Family, register
 
@@ -534,6 +541,7 @@ def _register() -> None:
             option_names=("experts",),
             default_config=DEFAULT_CONFIG,
             train_fn=_train,
+            int8_fn=_int8,
         )
     )
 

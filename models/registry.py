@@ -43,6 +43,9 @@ class Family:
     #: export_wrapper(model, **options) -> module taking the inputs positionally in
     #: `input_shapes` order (e.g. AMNet with a fixed modality set). None: the model itself.
     export_wrapper: Callable[..., "torch.nn.Module"] | None = None
+    #: int8_fn(src, dst, feeds, flavour, keep_float, **kw) -> report: a family-specific
+    #: INT8 quantizer with quantize_int8's signature (GM-MoE: reaches into If branches).
+    int8_fn: Callable[..., dict[str, Any]] | None = None
 
     def call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
         """Call one of the family's callables with only the keyword options it accepts."""

@@ -5,7 +5,6 @@ The top-2 INT8 path quantizes the experts inside the If branches
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,11 @@ import onnx
 import pytest
 import torch
 
-import lowlight.compile.quantize as quantize_mod
 import lowlight.models as models
 from lowlight.calibration.data import SAMPLES_DIR
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
-from lowlight.models.gmmoe_qdq import gate_nodes, quantize_int8_with_ifs
+from lowlight.models.gmmoe_qdq import gate_nodes
 
 pytestmark = pytest.mark.slow
 SHAPE = "1x3x64x64"
@@ -49,19 +47,13 @@ def build(checkpoint, tmp_path_factory):
     def _build(experts: str, target: str, precision: str):
         key = (experts, target, precision)
         if key not in done:
-            patch = pytest.MonkeyPatch()
-            if precision == "int8":  # until the pipeline calls the family's INT8 hook itself
-                patch.setattr(quantize_mod, "quantize_int8",
-                              functools.partial(quantize_int8_with_ifs, base=quantize_mod.quantize_int8))
-            try:
-                done[key] = compile_bundle(CompileOptions(
-                    checkpoint=str(checkpoint), model="gmmoe", config="tiny", target=target, precision=precision,
-                    shape=SHAPE, out=str(outs / "-".join(key)), family_options={"experts": experts},
-                    cache_dir=str(cache), calib=str(SAMPLES_DIR), calib_frames=6, verify_frames=3, profile_runs=3,
-                    quiet=True, min_fidelity=30.0,
-                ))
-            finally:
-                patch.undo()
+            # the pipeline calls the family's INT8 hook (quantize_int8_with_ifs) itself
+            done[key] = compile_bundle(CompileOptions(
+                checkpoint=str(checkpoint), model="gmmoe", config="tiny", target=target, precision=precision,
+                shape=SHAPE, out=str(outs / "-".join(key)), family_options={"experts": experts},
+                cache_dir=str(cache), calib=str(SAMPLES_DIR), calib_frames=6, verify_frames=3, profile_runs=3,
+                quiet=True, min_fidelity=30.0,
+            ))
         return done[key]
 
     return _build
