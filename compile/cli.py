@@ -116,6 +116,7 @@ def _zoo(argv: list[str]) -> int:
     t.add_argument("--crop", type=int, default=None)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--init", default=None, help="start from these weights (fine-tune)")
+    t.add_argument("--rgb-only", action="store_true", help="RGB-only fine-tuning (the paper's downstream stage; with --init)")
     sub.add_parser("list", help="families, configs and shipped weights")
     a = p.parse_args(argv)
     from lowlight.models import family_names, get_family
@@ -130,7 +131,7 @@ def _zoo(argv: list[str]) -> int:
     fam = get_family(a.family)
     if fam.train_fn is None:
         raise LowlightError(f"{a.family} has no training recipe", "train it outside and pass the checkpoint")
-    kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init") and v is not None}
+    kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init", "rgb_only") and v is not None}
     fam.train_fn(config=a.config or fam.default_config, out=a.out, **kw)
     return 0
 

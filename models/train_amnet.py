@@ -142,8 +142,14 @@ def train(
     threads: int | None = None,
     progress: bool = True,
     init: str | None = None,
+    rgb_only: bool = False,
 ) -> dict[str, float]:
-    """Train AMNet `config` and save safetensors + a metrics JSON; returns the eval metrics."""
+    """Train AMNet `config` and save safetensors + a metrics JSON; returns the eval metrics.
+
+    rgb_only: the paper's downstream RGB-only fine-tuning after multi-modal
+    pre-training (use with `init`): the missing-modality term always drops both
+    auxiliary inputs, the full-modality term keeps a small weight.
+    """
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -172,8 +178,11 @@ def train(
     model.train()
     for step in bar:
         b = batch(train_imgs, batch_size, frames, crop, rng, bins)
-        subset = MISSING[int(rng.integers(len(MISSING)))]
-        terms = losses(model, b, missing=[subset])
+        if rgb_only:
+            terms = losses(model, b, weights=(0.2, 1.0, 0.1), missing=[frozenset()])
+        else:
+            subset = MISSING[int(rng.integers(len(MISSING)))]
+            terms = losses(model, b, missing=[subset])
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -183,7 +192,7 @@ def train(
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
     metrics = evaluate(model, held_imgs)
     metrics.update(
-        config=config, steps=steps, batch_size=batch_size, frames=frames, crop=crop, seed=seed, lr=lr, init=init,
+        config=config, steps=steps, batch_size=batch_size, frames=frames, crop=crop, seed=seed, lr=lr, init=init, rgb_only=rgb_only,
         train_seconds=round(time.time() - t0, 1), held_out=[p.name for p in held_paths],
         parameters=sum(p.numel() for p in model.parameters()),
     )  # type: ignore[arg-type]
