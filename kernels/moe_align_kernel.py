@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from lowlight.kernels import _triton as kt
+from lowlight.kernels.top2_route_kernel import route_rows
 
 
 @triton.jit
@@ -31,20 +32,7 @@ def moe_route_count_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, EP)
-    rm = rows < N
-    lg = tl.load(logits_ptr + rows[:, None] * s_n + cols[None, :] * s_e,
-                 mask=rm[:, None] & (cols[None, :] < E), other=0.0).to(tl.float32)
-    lg = tl.where(cols[None, :] < E, lg, float("-inf"))
-    i1 = tl.argmax(lg, axis=1, tie_break_left=True)
-    m1 = tl.max(lg, axis=1)
-    lg2 = tl.where(cols[None, :] == i1[:, None], float("-inf"), lg)
-    i2 = tl.argmax(lg2, axis=1, tie_break_left=True)
-    m2 = tl.max(lg2, axis=1)
-    w1 = 1.0 / (1.0 + tl.exp(m2 - m1))
-    tl.store(idx_ptr + rows * 2, i1.to(tl.int64), mask=rm)
-    tl.store(idx_ptr + rows * 2 + 1, i2.to(tl.int64), mask=rm)
-    tl.store(w_ptr + rows * 2, w1, mask=rm)
-    tl.store(w_ptr + rows * 2 + 1, 1.0 - w1, mask=rm)
+    i1, i2, rm = route_rows(logits_ptr, N, E, s_n, s_e, idx_ptr, w_ptr, rows, cols, EP)
     # Rank of each assignment among this block's assignments to its expert:
     # all slot-0 assignments first, then slot 1 (any fixed order will do).
     oh1 = ((cols[None, :] == i1[:, None]) & rm[:, None]).to(tl.int32)

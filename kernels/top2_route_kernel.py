@@ -16,13 +16,11 @@ from lowlight.kernels.checks import check_route_logits
 
 
 @triton.jit
-def top2_route_kernel(
-    logits_ptr, N, E, s_n, s_e,
-    idx_ptr, w_ptr,
-    EP: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, EP)
+def route_rows(logits_ptr, N, E, s_n, s_e, idx_ptr, w_ptr, rows, cols, EP: tl.constexpr):
+    """Top-2 of `rows` (indices + renormalised weights stored); returns (i1, i2, row mask).
+
+    Shared by this kernel and the MoE's route-and-count kernel.
+    """
     rm = rows < N
     lg = tl.load(logits_ptr + rows[:, None] * s_n + cols[None, :] * s_e,
                  mask=rm[:, None] & (cols[None, :] < E), other=0.0).to(tl.float32)
@@ -38,6 +36,18 @@ def top2_route_kernel(
     tl.store(idx_ptr + rows * 2 + 1, i2.to(tl.int64), mask=rm)
     tl.store(w_ptr + rows * 2, w1, mask=rm)
     tl.store(w_ptr + rows * 2 + 1, 1.0 - w1, mask=rm)
+    return i1, i2, rm
+
+
+@triton.jit
+def top2_route_kernel(
+    logits_ptr, N, E, s_n, s_e,
+    idx_ptr, w_ptr,
+    EP: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, EP)
+    route_rows(logits_ptr, N, E, s_n, s_e, idx_ptr, w_ptr, rows, cols, EP)
 
 
 def top2_route_triton(logits: torch.Tensor, block_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
