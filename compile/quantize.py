@@ -22,7 +22,7 @@ import numpy as np
 
 import onnx
 
-from lowlight.compile.simplify import run_onnx
+from lowlight.compile.simplify import onnx_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
@@ -181,7 +181,8 @@ def qdq_fidelity(float_path: str | Path, q_path: str | Path, feeds: list[dict[st
     """Mean PSNR (dB) of the quantized graph's outputs vs the float graph's."""
     from lowlight.compile.metrics import psnr
 
-    return float(np.mean([psnr(run_onnx(q_path, f)[0], run_onnx(float_path, f)[0]) for f in feeds]))
+    q, ref = onnx_runner(q_path), onnx_runner(float_path)
+    return float(np.mean([psnr(q(f)[0], ref(f)[0]) for f in feeds]))
 
 
 def quantize_int8(

@@ -17,13 +17,19 @@ def random_feeds(model_path: str | Path, seed: int = 0) -> dict[str, np.ndarray]
     return {i.name: rng.random([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
 
 
-def run_onnx(model_path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def onnx_runner(model_path: str | Path):  # type: ignore[no-untyped-def]
+    """One onnxruntime CPU session for `model_path`: `runner(feeds) -> list of outputs`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return lambda feeds: sess.run(None, feeds)
+
+
+def run_onnx(model_path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of `model_path` on one feed (a fresh session: use onnx_runner for many feeds)."""
+    return onnx_runner(model_path)(feeds)
 
 
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

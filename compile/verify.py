@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from lowlight.compile.metrics import psnr, ssim
-from lowlight.compile.simplify import run_onnx
+from lowlight.compile.simplify import onnx_runner
 from lowlight.runtime.errors import VerificationError
 
 if TYPE_CHECKING:
@@ -48,10 +48,16 @@ def verify(
     gt_feeds: list[dict[str, np.ndarray]] | None = None,
     gt_reference_outputs: list[np.ndarray] | None = None,
     ground_truth: list[np.ndarray] | None = None,
-    run: Callable[[str | Path, dict[str, np.ndarray]], list[np.ndarray]] = run_onnx,
+    run: Callable[[str | Path, dict[str, np.ndarray]], list[np.ndarray]] | None = None,
     precision: str = "",
 ) -> dict[str, Any]:
-    """Run `artifact` on `feeds`, compare with `reference_outputs`; raise VerificationError past a budget."""
+    """Run `artifact` on `feeds`, compare with `reference_outputs`; raise VerificationError past a budget.
+
+    `run(artifact, feed)` defaults to one onnxruntime session for all feeds.
+    """
+    if run is None:
+        session = onnx_runner(artifact)
+        run = lambda _path, feed: session(feed)  # noqa: E731
     rows = []
     max_abs = 0.0
     for feed, ref in zip(feeds, reference_outputs):

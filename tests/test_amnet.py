@@ -39,13 +39,18 @@ def test_real_modality_changes_output_and_missing_uses_translator():
     assert not torch.allclose(a, b)
 
 
-def test_encoder_is_per_frame():
-    """Changing frame 1 must not change frame 0's encoder features (streaming caches them)."""
+def _model_and_clips_differing_in_frame_1() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     m = build("amnet", "tiny").eval()
     clip = torch.rand(1, 3, 3, 32, 32)
     other = clip.clone()
     other[:, 1] = torch.rand(3, 32, 32)
+    return m, clip, other
+
+
+def test_encoder_is_per_frame():
+    """Changing frame 1 must not change frame 0's encoder features (streaming caches them)."""
+    m, clip, other = _model_and_clips_differing_in_frame_1()
     with torch.no_grad():
         za, zb = m.encode(clip), m.encode(other)
     for a, b in zip(za, zb):
@@ -53,11 +58,7 @@ def test_encoder_is_per_frame():
 
 
 def test_temporal_module_mixes_frames():
-    torch.manual_seed(0)
-    m = build("amnet", "tiny").eval()
-    clip = torch.rand(1, 3, 3, 32, 32)
-    other = clip.clone()
-    other[:, 1] = torch.rand(3, 32, 32)
+    m, clip, other = _model_and_clips_differing_in_frame_1()
     with torch.no_grad():
         assert not torch.allclose(m(clip)[0, 0], m(other)[0, 0])
 
