@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lowlight.runtime.errors import CalibrationError
+from lowlight.core.errors import CalibrationError
 
 #: The sample frames shipped for `make demo` and the default calibration set.
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"

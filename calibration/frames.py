@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowlight.runtime.errors import CalibrationError
+from lowlight.core.errors import CalibrationError
 from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, read_image, read_video_frames
 
 __all__ = ["load_frames", "fit_frame"]

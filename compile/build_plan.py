@@ -109,7 +109,7 @@ def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: 
         # TensorRT 10.x implicit INT8: float graph + calibration cache keyed by its tensor names.
         float_src = context.get("float_model_path")
         if not float_src or not Path(str(float_src)).exists():
-            from lowlight.runtime.errors import BundleError
+            from lowlight.core.errors import BundleError
 
             raise BundleError("INT8 for TensorRT 10.x needs the lowered float ONNX, which is missing", "recompile with --force")
         shutil.copyfile(str(float_src), staging / FLOAT_ONNX)

@@ -12,13 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from lowlight.core.bundle import sha256 as file_sha256  # one sha256 for cache keys and bundles
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["StageCache", "cache_key", "file_sha256", "tool_versions"]
+
+
 
 
 def tool_versions() -> dict[str, str]:

@@ -91,7 +91,7 @@ def read_cache(path: str | Path) -> tuple[str, dict[str, float]]:
     """Parse a cache back: (header, {tensor name: scale})."""
     text = Path(path).read_text().splitlines()
     if not text or not text[0].startswith("TRT-"):
-        from lowlight.runtime.errors import BundleError
+        from lowlight.core.errors import BundleError
 
         raise BundleError(f"{path} is not a TensorRT calibration cache (no TRT- header)", "recompile with --precision int8")
     scales: dict[str, float] = {}

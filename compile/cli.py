@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Callable
 
-from lowlight.runtime.errors import LowlightError
+from lowlight.core.errors import LowlightError
 
 # subcommand -> module with add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {

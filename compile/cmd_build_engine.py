@@ -24,14 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def update_manifest(bundle: Path, entries: dict[str, Any], section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
     """Merge top-level `entries` and the "tensorrt" `section`; rewrite with fresh file hashes (atomically)."""
-    from lowlight.compile.bundle import write_manifest
+    from lowlight.core.bundle import write_manifest
 
     manifest: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
     manifest.update(entries)
     manifest.setdefault("tensorrt", {}).update(section)
     missing = [name for name in new_files if not (bundle / name).is_file()]
     if missing:
-        from lowlight.runtime.errors import BundleError
+        from lowlight.core.errors import BundleError
 
         raise BundleError(f"expected {missing} in {bundle} after the build", "rerun with --force")
     return write_manifest(bundle, manifest)
@@ -40,7 +40,7 @@ def update_manifest(bundle: Path, entries: dict[str, Any], section: dict[str, An
 def run(args: argparse.Namespace) -> int:
     """Build (and verify) the engine described by the bundle's plan."""
     from lowlight.compile.engine import build_blocker, build_engine, load_plan, verify_engine
-    from lowlight.runtime.errors import BundleError, TargetError
+    from lowlight.core.errors import BundleError, TargetError
     from lowlight.targets import get_target
 
     bundle = Path(args.bundle)

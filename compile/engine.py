@@ -83,7 +83,7 @@ def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | 
     """Build `plan["engine"]` inside `bundle_dir`; returns manifest entries for it."""
     import tensorrt as trt
 
-    from lowlight.runtime.errors import TargetError
+    from lowlight.core.errors import TargetError
     from lowlight.runtime.tensorrt_backend import host_gpu_arch
 
     bundle = Path(bundle_dir)
@@ -166,7 +166,7 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
 
 def verify_engine(bundle_dir: str | Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Run the engine on the bundled reference inputs; PSNR vs the FP32 PyTorch outputs."""
-    from lowlight.runtime.errors import VerificationError
+    from lowlight.core.errors import VerificationError
     from lowlight.runtime.tensorrt_backend import TensorRTBackend
 
     bundle = Path(bundle_dir)
@@ -189,7 +189,7 @@ def verify_engine(bundle_dir: str | Path, plan: dict[str, Any]) -> dict[str, Any
 def load_plan(bundle_dir: str | Path) -> dict[str, Any]:
     """Read a bundle's build_plan.json (BundleError when missing)."""
     from lowlight.compile.build_plan import PLAN_FILE
-    from lowlight.runtime.errors import BundleError
+    from lowlight.core.errors import BundleError
 
     path = Path(bundle_dir) / PLAN_FILE
     if not path.exists():

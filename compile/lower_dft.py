@@ -98,7 +98,7 @@ def lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
     import onnx
     from onnx import helper, numpy_helper, shape_inference
 
-    from lowlight.runtime.errors import TargetError
+    from lowlight.core.errors import TargetError
 
     if not any(n.op_type == "DFT" for n in model.graph.node):
         return model

@@ -127,7 +127,7 @@ def _graph_problems(
 
 def check_model(model: "onnx.ModelProto", target: "TensorRTTarget") -> None:
     """Raise TargetError listing every node `target` cannot run; silent when all pass."""
-    from lowlight.runtime.errors import TargetError
+    from lowlight.core.errors import TargetError
 
     problems = find_problems(model, target)
     if not problems:

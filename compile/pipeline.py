@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from lowlight.compile.cache import StageCache, file_sha256, tool_versions
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.progress import Progress
-from lowlight.runtime.errors import CalibrationError, LowlightError
+from lowlight.core.errors import CalibrationError, LowlightError
 
 STAGES = ["load", "export", "simplify", "lower", "quantize", "verify", "bundle", "profile"]
 
@@ -59,16 +60,8 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     Raises a LowlightError subclass (with a fix) on bad input or a failed
     verification; nothing is left at `opts.out` unless the bundle is complete.
     """
-    import onnx
-
-    from lowlight.calibration.data import SAMPLES_DIR
-    from lowlight.calibration.frames import load_frames
-    from lowlight.compile.bundle import staging, write_manifest
-    from lowlight.compile.export import export_onnx
-    from lowlight.compile.graph import all_tensor_names, boundary_convs, float_nodes, op_counts, spectral_tensors
-    from lowlight.compile.quantize import quantize_int8, to_fp16
-    from lowlight.compile.simplify import simplify
-    from lowlight.compile.verify import to_markdown, torch_outputs, verify
+    from lowlight.core.bundle import MANIFEST
+    from lowlight.core.fsio import OutputLock, claim_dir, remove_stale
     from lowlight.models import get_family
     from lowlight.targets import get_target
 
@@ -83,6 +76,30 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     shape = opts.shape or fam.call("default_shape", config=config, **fopts)
     input_shapes = fam.call("input_shapes", shape, config=config, **fopts)  # ShapeError before any work
     out = Path(opts.out or Path("bundles") / f"{opts.model}-{config}-{target.name}-{precision}")
+    claim_dir(out, MANIFEST, "a bundle (it has no manifest.json)", "--out",
+              inputs=[opts.checkpoint, opts.calib, opts.verify_data, opts.ground_truth])
+    with OutputLock(out, "--out"):
+        for p in remove_stale(out):
+            if not opts.quiet:
+                print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
+        return _build(opts, fam, config, fopts, target, precision, shape, input_shapes, out, t_start)
+
+
+def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], target: Any, precision: str,
+           shape: str, input_shapes: dict[str, tuple[int, ...]], out: Path, t_start: float) -> CompileResult:
+    """The stages, run while holding the lock on `out`."""
+    import onnx
+
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.calibration.frames import load_frames
+    from lowlight.compile.export import export_onnx
+    from lowlight.compile.graph import all_tensor_names, boundary_convs, float_nodes, op_counts, spectral_tensors
+    from lowlight.compile.quantize import quantize_int8, to_fp16
+    from lowlight.compile.simplify import simplify
+    from lowlight.compile.verify import to_markdown, torch_outputs, verify
+    from lowlight.core.bundle import read_manifest, write_manifest
+    from lowlight.core.fsio import commit_dir, staged_dir
+
     cache = StageCache(opts.cache_path(), force=opts.force)
     progress = Progress(STAGES, opts.quiet)
     notes: list[str] = []
@@ -205,9 +222,9 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
         )
 
-    # -- bundle -----------------------------------------------------------------------
-    with progress.stage("bundle", str(out)):
-        with staging(out) as st:
+    # -- bundle, profile: both run in the partial folder; only a finished bundle is renamed into place
+    with staged_dir(out) as st:
+        with progress.stage("bundle", str(out)):
             shutil.copyfile(final, st / "model.onnx")
             n_ref = min(2, len(feeds))
             np.savez_compressed(
@@ -254,16 +271,15 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
             manifest.update(extra)
             manifest = write_manifest(st, manifest)
 
-    # -- profile ----------------------------------------------------------------------
-    profile = None
-    with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
-        from lowlight.compile.profile import profile_bundle
+        profile = None
+        with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
+            from lowlight.compile.profile import profile_bundle
 
-        profile = profile_bundle(out, runs=opts.profile_runs)
-        note["note"] = f"p50 {profile['latency_ms']['p50']:.1f} ms, {profile['fps']:.1f} frames/s"
-    from lowlight.runtime.bundle import read_manifest
-
-    manifest = read_manifest(out)
+            profile = profile_bundle(st, runs=opts.profile_runs)
+            note["note"] = f"p50 {profile['latency_ms']['p50']:.1f} ms, {profile['fps']:.1f} frames/s"
+        manifest = read_manifest(st)
+        commit_dir(st, out)
+    manifest.pop("report_warnings", None)
     notes += list(manifest.get("notes", []))
     progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
     return CompileResult(out, manifest, verification, profile, notes)

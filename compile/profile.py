@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lowlight.runtime.bundle import read_manifest
+from lowlight.core.bundle import read_manifest
 
 
 def _feeds(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -49,7 +49,7 @@ def top_operators(profile_file: str, top: int = 10) -> tuple[list[dict[str, Any]
 
 def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
     """Measure the bundle's model on this host and write profile.json / profile.md into it."""
-    from lowlight.compile.bundle import write_manifest
+    from lowlight.core.bundle import write_manifest
     from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     root = Path(bundle)

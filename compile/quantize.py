@@ -206,7 +206,7 @@ def quantize_int8(
     check_feeds = check_feeds or feeds[:2]
     has_plugins = any(n.domain == "lowlight" for n in onnx.load(str(src)).graph.node)
     if engine == "nncf" and has_plugins:
-        from lowlight.runtime.errors import LowlightError
+        from lowlight.core.errors import LowlightError
 
         raise LowlightError(
             "NNCF cannot quantize a graph with TensorRT plugin nodes (its statistics model drops their "

@@ -13,7 +13,7 @@ import numpy as np
 
 from lowlight.compile.metrics import psnr, ssim
 from lowlight.compile.simplify import onnx_runner
-from lowlight.runtime.errors import VerificationError
+from lowlight.core.errors import VerificationError
 
 if TYPE_CHECKING:
     import torch

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from lowlight.runtime.errors import InputError
+from lowlight.core.errors import InputError
 
 _CPU_TRITON_ENV = "LOWLIGHT_TRITON_ON_CPU"
 _force_cpu_triton: bool | None = None

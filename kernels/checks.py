@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lowlight.runtime.errors import InputError, ShapeError
+from lowlight.core.errors import InputError, ShapeError
 
 
 def check_spectral_args(re: torch.Tensor, im: torch.Tensor, w_g: torch.Tensor, b_g: torch.Tensor,

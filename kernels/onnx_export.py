@@ -136,7 +136,7 @@ def function_proto(op_type: str, onnx_opset: int = _BODY_OPSET) -> onnx.Function
     and model to agree).
     """
     if onnx_opset < _BODY_OPSET:
-        from lowlight.runtime.errors import TargetError
+        from lowlight.core.errors import TargetError
 
         raise TargetError(f"ONNX opset {onnx_opset} is too old for the lowlight op bodies",
                           f"export with opset_version >= {_BODY_OPSET}")
@@ -163,7 +163,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     have = {(f.domain, f.name) for f in out.functions}
     for op_type in sorted(used):
         if op_type not in FUNCTIONS:
-            from lowlight.runtime.errors import TargetError
+            from lowlight.core.errors import TargetError
 
             raise TargetError(f"unknown lowlight op {op_type!r} in the graph",
                               f"known ops: {sorted(FUNCTIONS)}; re-export with this lowlight version")

@@ -14,7 +14,7 @@ def build(family: str, config: str | None = None, **options: Any) -> "torch.nn.M
     fam = get_family(family)
     config = config or fam.default_config
     if config not in fam.configs:
-        from lowlight.runtime.errors import LowlightError
+        from lowlight.core.errors import LowlightError
 
         raise LowlightError(
             f"model {family!r} has no config {config!r}",
@@ -35,7 +35,7 @@ def load(
     if checkpoint is None:
         path = fam.weights_path(config)
         if path is None or not path.exists():
-            from lowlight.runtime.errors import CheckpointError
+            from lowlight.core.errors import CheckpointError
 
             raise CheckpointError(
                 f"no reference weights are shipped for {family} config {config!r}",
@@ -45,7 +45,7 @@ def load(
     try:
         load_state_dict_into(model, checkpoint, what=f"{family} config {config!r}")
     except Exception as exc:
-        from lowlight.runtime.errors import CheckpointError
+        from lowlight.core.errors import CheckpointError
 
         if isinstance(exc, CheckpointError) and "does not match" in exc.what:
             other = _matching_config(fam, config, checkpoint, options)

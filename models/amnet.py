@@ -213,7 +213,7 @@ class AMNet(nn.Module):
 
 def parse_modalities(modalities: str = "rgb") -> tuple[str, ...]:
     """'rgb+event' -> ('rgb', 'event'); the order of names in the result is the input order."""
-    from lowlight.runtime.errors import LowlightError
+    from lowlight.core.errors import LowlightError
 
     if modalities not in MODALITY_SETS:
         raise LowlightError(
@@ -240,7 +240,7 @@ def build(config: str, modalities: str = "rgb") -> AMNet:
 
 
 def parse_shape(shape: str) -> tuple[int, ...]:
-    from lowlight.runtime.errors import ShapeError
+    from lowlight.core.errors import ShapeError
 
     try:
         dims = tuple(int(d) for d in shape.lower().split("x"))
@@ -251,7 +251,7 @@ def parse_shape(shape: str) -> tuple[int, ...]:
 
 def input_shapes(shape: str, config: str = "base", modalities: str = "rgb") -> dict[str, tuple[int, ...]]:
     """Named input shapes for a `BxTx3xHxW` shape string; raises ShapeError saying which dimension is wrong."""
-    from lowlight.runtime.errors import ShapeError
+    from lowlight.core.errors import ShapeError
 
     dims = parse_shape(shape)
     if len(dims) != 5:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lowlight.runtime.errors import CheckpointError
+from lowlight.core.errors import CheckpointError
 
 _MAX_LISTED = 12
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lowlight.runtime.errors import LowlightError, ShapeError
+from lowlight.core.errors import LowlightError, ShapeError
 
 EXPERT_MODES = ("dense", "top2")
 NUM_EXPERTS = 3

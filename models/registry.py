@@ -72,7 +72,7 @@ def register(family: Family) -> None:
 
 def get_family(name: str) -> Family:
     """The registered family `name` (importing the family modules on first use)."""
-    from lowlight.runtime.errors import LowlightError
+    from lowlight.core.errors import LowlightError
 
     _import_families()
     if name not in _FAMILIES:

@@ -1,7 +1,7 @@
 """lowlight.runtime: run a compiled bundle on camera frames. Ships to the vehicle: no PyTorch here."""
 from __future__ import annotations
 
-from lowlight.runtime.errors import BundleError, InputError, LowlightError
+from lowlight.core.errors import BundleError, InputError, LowlightError
 from lowlight.runtime.session import Session, load
 
 __all__ = ["load", "Session", "LowlightError", "InputError", "BundleError"]

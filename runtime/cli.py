@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lowlight.runtime.errors import InputError, LowlightError
+from lowlight.core.errors import InputError, LowlightError
 from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, read_image, read_video_frames, video_info, write_image
 
 

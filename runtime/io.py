@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from lowlight.runtime.errors import InputError, LowlightError
+from lowlight.core.errors import InputError, LowlightError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}

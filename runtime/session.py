@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lowlight.runtime.bundle import read_manifest
-from lowlight.runtime.errors import InputError
+from lowlight.core.bundle import read_manifest
+from lowlight.core.errors import InputError
 
 
 class Session:

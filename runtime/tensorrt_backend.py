@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lowlight.runtime.errors import BundleError, InputError
+from lowlight.core.errors import BundleError, InputError
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -26,7 +26,7 @@ _register_tensorrt_targets()
 
 def get_target(name: str, trt_version: str | None = None) -> Target:
     """Look a target up by name; `trt_version` overrides its TensorRT version."""
-    from lowlight.runtime.errors import TargetError
+    from lowlight.core.errors import TargetError
 
     if name not in _REGISTRY:
         raise TargetError(

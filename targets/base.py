@@ -53,7 +53,7 @@ class Target:
 
     def resolve_precision(self, precision: str | None) -> Precision:
         """The precision to build: the user's choice, checked, or the default."""
-        from lowlight.runtime.errors import TargetError
+        from lowlight.core.errors import TargetError
 
         if precision is None:
             return self.default_precision

@@ -38,7 +38,7 @@ class TrtVersion:
     @classmethod
     def parse(cls, text: str) -> "TrtVersion":
         """Parse "10.3", "11.4.1" or "10.3.0.30" (build numbers ignored)."""
-        from lowlight.runtime.errors import TargetError
+        from lowlight.core.errors import TargetError
 
         parts = str(text).strip().split(".")
         try:
@@ -188,7 +188,7 @@ class TensorRTTarget(Target):
     def check_graph(self, model: "onnx.ModelProto", options: dict[str, Any]) -> list[str]:
         """Fail on ops this TensorRT cannot parse; with --dla, list layers that fall back to the GPU."""
         from lowlight.compile.op_support import check_model
-        from lowlight.runtime.errors import TargetError
+        from lowlight.core.errors import TargetError
 
         check_model(model, self)
         warnings: list[str] = []

@@ -6,7 +6,7 @@ import torch
 
 from lowlight.models import build, get_family
 from lowlight.models.amnet import AMNet, CONFIGS, input_shapes
-from lowlight.runtime.errors import LowlightError, ShapeError
+from lowlight.core.errors import LowlightError, ShapeError
 
 
 def n_params(m: torch.nn.Module) -> int:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from lowlight.models import build, load
-from lowlight.runtime.errors import CheckpointError
+from lowlight.core.errors import CheckpointError
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile import cmd_build_engine
 from lowlight.compile.engine import build_blocker, psnr
-from lowlight.runtime.errors import BundleError, TargetError
+from lowlight.core.errors import BundleError, TargetError
 from lowlight.runtime.tensorrt_backend import host_trt_version, tensorrt_available
 from lowlight.targets import get_target
 
@@ -102,7 +102,10 @@ def test_update_manifest_hashes_new_files(tmp_path: Path) -> None:
 
     (tmp_path / "model.engine").write_bytes(b"engine")
     (tmp_path / "model.onnx").write_bytes(b"onnx")
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"model.onnx": "0"}, "engine": None, "tensorrt": {"plan": "p"}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "model": "model.onnx", "inputs": [{"name": "rgb", "shape": [1, 3, 8, 8]}],
+        "outputs": [{"name": "enhanced", "shape": [1, 3, 8, 8]}], "files": {"model.onnx": "0" * 64}, "engine": None, "tensorrt": {"plan": "p"},
+    }))
     entries = {"engine": {"file": "model.engine", "trt_version": "10.3.0", "arch": "sm_87"}, "engine_status": "built"}
     m = cmd_build_engine.update_manifest(tmp_path, entries, {"engine_verify": {"passed": True}}, ["model.engine"])
     assert m["engine"]["file"] == "model.engine" and m["tensorrt"] == {"plan": "p", "engine_verify": {"passed": True}}

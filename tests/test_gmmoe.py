@@ -14,7 +14,7 @@ import torch
 
 import lowlight.models as models
 from lowlight.models.gmmoe import CONFIGS, GMMoE, check_size, input_shapes, make_inputs, top2
-from lowlight.runtime.errors import ShapeError
+from lowlight.core.errors import ShapeError
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("triton")
 
 from lowlight.kernels import reference as ref
-from lowlight.runtime.errors import InputError, ShapeError
+from lowlight.core.errors import InputError, ShapeError
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="kernel tests run under TRITON_INTERPRET=1")

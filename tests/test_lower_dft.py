@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile.lower_dft import dft_matrix, lower_dft
-from lowlight.runtime.errors import TargetError
+from lowlight.core.errors import TargetError
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

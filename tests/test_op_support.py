@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile import trt_ops
 from lowlight.compile.op_support import check_model, find_problems
-from lowlight.runtime.errors import TargetError
+from lowlight.core.errors import TargetError
 from lowlight.targets import get_target
 
 

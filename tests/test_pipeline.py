@@ -13,7 +13,7 @@ from conftest import TINY_SHAPE, compile_tiny
 from lowlight.compile.quantize import qdq_zero_points, quantize_int8
 from lowlight.compile.simplify import run_onnx
 from lowlight.models import get_family, load
-from lowlight.runtime.errors import CalibrationError, ShapeError, VerificationError
+from lowlight.core.errors import CalibrationError, ShapeError, VerificationError
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,10 @@ def test_fp32_bundle_matches_pytorch_within_1e3(fp32_bundle):
 def test_bundle_layout_and_manifest(fp32_bundle):
     root = fp32_bundle.bundle
     m = json.loads((root / "manifest.json").read_text())
-    for name in ("model.onnx", "reference.npz", "verification.json", "verification.md", "profile.json", "profile.md"):
+    for name in ("model.onnx", "reference.npz"):  # what a backend loads: checked on every load
         assert name in m["files"] and len(m["files"][name]) == 64
+    for name in ("verification.json", "verification.md", "profile.json", "profile.md"):  # reports: hashed apart
+        assert name in m["reports"] and len(m["reports"][name]) == 64 and name not in m["files"]
     assert m["inputs"] == [{"name": "rgb", "shape": [1, 4, 3, 64, 64], "dtype": "float32", "range": [0.0, 1.0]}]
     assert m["precision"] == "fp32" and m["target"] == "cpu" and m["family"] == "amnet"
     assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
@@ -126,7 +128,8 @@ def test_ground_truth_drop_is_reported(tmp_path: Path, cache_dir: Path, data_dir
     (lambda d: d / "missing", "does not exist"),
 ])
 def test_bad_calibration_source(tmp_path: Path, cache_dir: Path, make, words):
-    src = make(tmp_path)
+    (tmp_path / "calib").mkdir()
+    src = make(tmp_path / "calib")
     with pytest.raises(CalibrationError, match=words):
         compile_tiny(tmp_path / "out", cache_dir, precision="int8", calib=str(src))
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lowlight.runtime import load
-from lowlight.runtime.errors import BundleError, InputError
+from lowlight.core.errors import BundleError, InputError
 
 pytestmark = pytest.mark.slow
 

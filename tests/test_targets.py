@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile import cmd_targets
-from lowlight.runtime.errors import TargetError
+from lowlight.core.errors import TargetError
 from lowlight.targets import get_target, names
 from lowlight.targets.tensorrt import TrtVersion
 
@@ -314,7 +314,7 @@ def test_e2e_jetson_orin_trt_11_4_keeps_dft(tmp_path: Path, cache_dir: Path, tin
 
 @pytest.mark.slow
 def test_e2e_jetson_orin_trt_11_4_int8_with_nncf_says_why_not(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
-    from lowlight.runtime.errors import LowlightError
+    from lowlight.core.errors import LowlightError
 
     with pytest.raises(LowlightError, match="--int8-engine ort"):
         _compile(tmp_path, cache_dir, tiny_checkpoint, precision="int8", trt_version="11.4", int8_engine="nncf")

@@ -83,7 +83,7 @@ def modules_using_tensorrt() -> list[Path]:
     """Every module of ours that imports tensorrt."""
     pat = re.compile(r"^\s*(import tensorrt\b|from tensorrt\b)", re.M)
     found = []
-    for folder in ("compile", "runtime", "kernels", "targets", "calibration", "models"):
+    for folder in ("core", "compile", "runtime", "kernels", "targets", "calibration", "models"):
         for py in sorted((REPO / folder).rglob("*.py")):
             if pat.search(py.read_text(errors="ignore")):
                 found.append(py)
@@ -106,7 +106,7 @@ def test_engine_and_backend_typecheck_against_tensorrt_stubs(tmp_path: Path) -> 
     # folders as the `lowlight` namespace package through symlinks.
     pkg = stubs / "lowlight"
     pkg.mkdir()
-    for folder in ("compile", "runtime", "kernels", "targets", "calibration", "models"):
+    for folder in ("core", "compile", "runtime", "kernels", "targets", "calibration", "models"):
         (pkg / folder).symlink_to(REPO / folder, target_is_directory=True)
     config = tmp_path / "mypy.ini"
     config.write_text(

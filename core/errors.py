@@ -1,7 +1,7 @@
 """Errors with a fix: every failure a user can cause says what was wrong and what to do.
 
-Lives in `runtime` because the runtime is the dependency-free base every other
-subpackage may import (it must not pull in PyTorch).
+Part of the foundation (`lowlight.core`): every subpackage, the runtime included,
+raises these, and the CLIs turn them into a message and exit code 2.
 """
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ class BundleError(LowlightError):
 
 class VerificationError(LowlightError):
     """The compiled artifact drifts further from the FP32 model than allowed."""
+
+
+class OutputError(LowlightError):
+    """An output path this tool must not write: someone else's file or folder, the input itself, unwritable."""
 
 
 class TargetError(LowlightError):
