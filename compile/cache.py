@@ -8,15 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from lowlight.core.bundle import sha256 as file_sha256  # one sha256 for cache keys and bundles
+from lowlight.core.fsio import partial_dir, remove_stale_partials
 
 __all__ = ["StageCache", "cache_key", "file_sha256", "tool_versions"]
-
-
 
 
 def tool_versions() -> dict[str, str]:
@@ -57,7 +55,8 @@ class StageCache:
         if artifact.exists() and not self.force:
             return artifact, True
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        remove_stale_partials(final.parent)  # what killed runs left (their PID is gone)
+        tmp = partial_dir(final)
         try:
             produce(tmp)
             if not (tmp / filename).exists():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 from typing import Callable
 
@@ -15,6 +17,44 @@ SUBCOMMANDS = {
     "targets": ("lowlight.compile.cmd_targets", "list deployment targets and what their TensorRT can do"),
     "build-engine": ("lowlight.compile.cmd_build_engine", "on the device: build the TensorRT engine of a bundle and verify it"),
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of frames or runs)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not a count: give 1 or more")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan/inf)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a budget in dB)."""
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v:g} is negative: a budget in dB is 0 or more")
+    return v
+
+
+def shape_text(text: str) -> str:
+    """argparse type: a non-empty BxTxCxHxW-style shape of positive integers."""
+    dims = text.strip().lower().split("x")
+    if not text.strip() or not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1x8x3x256x256 (positive integers joined by x)")
+    return "x".join(str(int(d)) for d in dims)
 
 
 def _compile_parser() -> argparse.ArgumentParser:
@@ -35,14 +75,14 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", default=None, help="calibration frames (DIR or VIDEO) for int8; default: the shipped sample frames")
     p.add_argument("--verify-data", default=None, help="held-out frames (DIR or VIDEO) for verification; default: ../shared/data/lowlight_real")
     p.add_argument("--ground-truth", default=None, help="folder of clean photos: also verify on synthetic low-light pairs made from them")
-    p.add_argument("--shape", default=None, help="input shape, e.g. 1x8x3x256x256 (AMNet BxTxCxHxW)")
+    p.add_argument("--shape", type=shape_text, default=None, help="input shape, e.g. 1x8x3x256x256 (AMNet BxTxCxHxW)")
     p.add_argument("--out", default=None, help="bundle directory (default bundles/MODEL-CONFIG-TARGET-PRECISION)")
-    p.add_argument("--min-fidelity", type=float, default=35.0, help="fail below this PSNR (dB) to the FP32 model")
-    p.add_argument("--max-drop", type=float, default=0.3, help="fail above this PSNR drop (dB) against ground truth")
+    p.add_argument("--min-fidelity", type=nonneg_float, default=35.0, help="fail below this PSNR (dB) to the FP32 model")
+    p.add_argument("--max-drop", type=nonneg_float, default=0.3, help="fail above this PSNR drop (dB) against ground truth")
     p.add_argument("--int8-engine", choices=["auto", "nncf", "ort"], default="auto", help="post-training quantizer (auto: measure both on cpu)")
-    p.add_argument("--calib-frames", type=int, default=16)
-    p.add_argument("--verify-frames", type=int, default=8)
-    p.add_argument("--profile-runs", type=int, default=20)
+    p.add_argument("--calib-frames", type=positive_int, default=16, help="calibration samples, spread over the whole --calib source")
+    p.add_argument("--verify-frames", type=positive_int, default=8, help="held-out verification samples (never calibration frames)")
+    p.add_argument("--profile-runs", type=positive_int, default=20, help="timed runs for the latency profile")
     p.add_argument("--cache-dir", default=None, help="stage cache (default ~/.cache/lowlight-compile or $LOWLIGHT_CACHE)")
     p.add_argument("--force", action="store_true", help="redo every stage instead of reusing cached results")
     p.add_argument("--quiet", action="store_true")
@@ -89,17 +129,19 @@ def _run_compile(argv: list[str]) -> int:
 def _profile(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lowlight-compile profile", description="Measure a bundle's latency and top operators on this host.")
     p.add_argument("bundle")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs")
+    p.add_argument("--warmup", type=positive_int, default=5, help="untimed runs first")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--no-save", action="store_true", help="print only; do not write profile.json/profile.md into the bundle")
     a = p.parse_args(argv)
     from lowlight.compile.profile import profile_bundle
 
-    r = profile_bundle(a.bundle, runs=a.runs, warmup=a.warmup, threads=a.threads)
+    r = profile_bundle(a.bundle, runs=a.runs, warmup=a.warmup, threads=a.threads, save=not a.no_save)
     lat = r["latency_ms"]
     print(f"{a.bundle}: p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms, {r['fps']:.1f} frames/s ({r['backend']})")
     print(f"  top op types: " + ", ".join(f"{o['op_type']} {o['share']:.0%}" for o in r["top_op_types"][:5]))
-    print(f"  wrote {a.bundle}/profile.json and profile.md")
+    if not a.no_save:
+        print(f"  wrote {a.bundle}/profile.json and profile.md")
     return 0
 
 
@@ -109,7 +151,8 @@ def _zoo(argv: list[str]) -> int:
     t = sub.add_parser("train", help="train a reference checkpoint on synthetic low-light data from ../shared/data/clean")
     t.add_argument("family")
     t.add_argument("--config", default=None)
-    t.add_argument("--out", default=None, help="output .safetensors (default: models/weights/<family>_<config>.safetensors)")
+    t.add_argument("--out", default=None, help="output .safetensors (default: ./<family>_<config>.safetensors; the shipped weights are never replaced unless named here with --overwrite)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
@@ -131,8 +174,15 @@ def _zoo(argv: list[str]) -> int:
     fam = get_family(a.family)
     if fam.train_fn is None:
         raise LowlightError(f"{a.family} has no training recipe", "train it outside and pass the checkpoint")
+    from pathlib import Path
+
+    from lowlight.core.fsio import claim_file
+
+    config = a.config or fam.default_config
+    out = Path(a.out) if a.out else Path(f"{a.family}_{config}.safetensors")
+    claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
     kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init", "rgb_only") and v is not None}
-    fam.train_fn(config=a.config or fam.default_config, out=a.out, **kw)
+    fam.train_fn(config=config, out=str(out), **kw)
     return 0
 
 
@@ -160,8 +210,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  fix: {exc.fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written to the bundle path", file=sys.stderr)
+        print("\ninterrupted: the output path was left as it was (a bundle is renamed into place only once complete)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `lowlight-compile targets --json | head`: the reader left; not an error of ours or theirs.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except MemoryError:
+        print("\nerror: out of memory", file=sys.stderr)
+        print("  fix: use a smaller --shape (or batch), or a machine with more memory", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A file system problem on a path the user gave (permissions, full disk, a folder that vanished).
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"\nerror: {exc.strerror or exc}{where}", file=sys.stderr)
+        print("  fix: check that path exists, is the kind of file expected, and that you may read/write it", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

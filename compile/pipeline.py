@@ -20,7 +20,7 @@ import numpy as np
 from lowlight.compile.cache import StageCache, file_sha256, tool_versions
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.progress import Progress
-from lowlight.core.errors import CalibrationError, LowlightError
+from lowlight.core.errors import CalibrationError, LowlightError, ShapeError
 
 STAGES = ["load", "export", "simplify", "lower", "quantize", "verify", "bundle", "profile"]
 
@@ -42,6 +42,24 @@ def _frames_hash(frames: list[np.ndarray]) -> str:
         h.update(np.ascontiguousarray(f).tobytes()[:: 97])  # sparse sample: fast, still content-sensitive
         h.update(str(f.shape).encode())
     return h.hexdigest()
+
+
+#: ONNX Runtime and TensorRT index a tensor with 32-bit element counts.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+
+
+def check_volume(input_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse input shapes no backend can allocate, before any work (not a numpy MemoryError later)."""
+    for name, dims in input_shapes.items():
+        n = 1
+        for d in dims:
+            n *= int(d)
+        if n > MAX_TENSOR_ELEMENTS:
+            raise ShapeError(
+                f"input {name!r} of shape {'x'.join(map(str, dims))} has {n:,} elements, more than the 2^31-1 "
+                "a single ONNX Runtime or TensorRT tensor can hold",
+                "use a smaller --shape: for large frames compile a tile size and let the runtime tile",
+            )
 
 
 def default_verify_source() -> Path:
@@ -73,8 +91,11 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     fopts = dict(opts.family_options)
     target = get_target(opts.target, opts.trt_version)
     precision = target.resolve_precision(opts.precision)
-    shape = opts.shape or fam.call("default_shape", config=config, **fopts)
+    if opts.shape is not None and not str(opts.shape).strip():
+        raise ShapeError("--shape is empty", f"omit --shape for the default ({fam.call('default_shape', config=config, **fopts)}), or give one like 1x8x3x256x256")
+    shape = opts.shape if opts.shape is not None else fam.call("default_shape", config=config, **fopts)
     input_shapes = fam.call("input_shapes", shape, config=config, **fopts)  # ShapeError before any work
+    check_volume(input_shapes)
     out = Path(opts.out or Path("bundles") / f"{opts.model}-{config}-{target.name}-{precision}")
     claim_dir(out, MANIFEST, "a bundle (it has no manifest.json)", "--out",
               inputs=[opts.checkpoint, opts.calib, opts.verify_data, opts.ground_truth])

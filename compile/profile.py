@@ -47,13 +47,33 @@ def top_operators(profile_file: str, top: int = 10) -> tuple[list[dict[str, Any]
     return types, nodes
 
 
-def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads: int | None = None) -> dict[str, Any]:
-    """Measure the bundle's model on this host and write profile.json / profile.md into it."""
+def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads: int | None = None, save: bool = True) -> dict[str, Any]:
+    """Measure the bundle's model on this host; with `save`, write profile.json / profile.md into it.
+
+    A bundle that cannot be written (read-only copy, another user's) is refused
+    before measuring, with the fix; `save=False` only measures.
+    """
     from lowlight.core.bundle import write_manifest
+    from lowlight.core.errors import OutputError
+    from lowlight.core.fsio import check_writable
     from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
+    if runs < 1 or warmup < 0:
+        raise ValueError("profile_bundle needs runs >= 1 and warmup >= 0")
     root = Path(bundle)
     manifest = read_manifest(root)
+    if save:
+        try:
+            check_writable(root / "profile.json", "bundle")
+            for name in ("profile.json", "profile.md", "manifest.json"):
+                f = root / name
+                if f.exists() and not os.access(f, os.W_OK):
+                    raise OutputError(f"{f} is read-only", "")
+        except OutputError as exc:
+            raise OutputError(
+                f"cannot write the profile into {root}: {exc.what}",
+                f"pass --no-save to only print the measurement, or copy the bundle somewhere writable (cp -r {root} /tmp/)",
+            ) from None
     feeds = _feeds(root, manifest)
     backend = OnnxRuntimeBackend(root / manifest["model"], threads=threads)
     for _ in range(warmup):
@@ -85,9 +105,11 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
         "top_nodes": by_node,
     }
     report["roofline"] = _roofline(root, manifest)
+    if not save:
+        return report
     (root / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
     (root / "profile.md").write_text(to_markdown(report))
-    write_manifest(root, {k: v for k, v in manifest.items() if k not in ("files", "format_version")} | {"profile": {"latency_ms": report["latency_ms"], "fps": report["fps"], "host": report["host"]}})
+    write_manifest(root, manifest | {"profile": {"latency_ms": report["latency_ms"], "fps": report["fps"], "host": report["host"]}})
     return report
 
 

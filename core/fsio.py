@@ -109,6 +109,23 @@ def remove_stale(out: Path) -> list[Path]:
     return removed
 
 
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove every `.X.partial-PID-*` in `folder` whose PID is gone (a folder only this tool writes, e.g. the cache)."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f".*{_PARTIAL}*"):
+        pid = p.name.split(_PARTIAL, 1)[1].split("-", 1)[0]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
 def _within(child: Path, parent: Path) -> bool:
     try:
         child.relative_to(parent)
