@@ -57,9 +57,9 @@ def main() -> None:
             checkpoint=a.checkpoint, config=a.config, precision=precision, shape=a.shape,
             out=f"bundles/bench-amnet-{a.config}-{precision}", profile_runs=3, quiet=True,
         ))
-    module = fam.export_wrapper(load("amnet", a.config, checkpoint=a.checkpoint), modalities="rgb")
+    module = fam.export_module(load("amnet", a.config, checkpoint=a.checkpoint), modalities="rgb")
     frames = load_frames(shared_data_dir() / "lowlight_real", limit=8, every=8)
-    feeds = fam.call("make_inputs", frames, a.shape, config=a.config, seed=3)
+    feeds = fam.make_inputs(frames, a.shape, a.config, seed=3)
     x = feeds[0]["rgb"]
     with torch.no_grad():
         reference = [module(torch.from_numpy(f["rgb"])).numpy() for f in feeds]

@@ -7,7 +7,7 @@ against ground truth on held-out synthetic pairs (the held-out photos of
 ../shared/data/clean, darkened with the training degradation, fixed seed);
 latency is the median per frame over every pair (top-2 cost depends on which
 experts each image drops). Writes benchmarks/results/gmmoe-<date>.json.
-Aim (issue 5): compiled top-2 >= 1.25x faster than compiled dense, <= 0.2 dB lost.
+Aim: compiled top-2 >= 1.25x faster than compiled dense, <= 0.2 dB lost.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Synthetic low-light data: the paper's degradation model, clips with camera motion,
-event voxels and pseudo-IR (seed 000, "Large-Scale Synthetic Multi-modal Pre-training").
+event voxels and pseudo-IR (AnyMod-LLVE, "Large-Scale Synthetic Multi-modal Pre-training").
 
 Everything is numpy and seeded by the caller's Generator, so training and
 evaluation pairs are reproducible.

@@ -33,7 +33,7 @@ def workspace_bytes(memory_gb: float) -> int:
 
 
 def make_plan(target: "TensorRTTarget", context: dict[str, Any], bundle_files: dict[str, str]) -> dict[str, Any]:
-    """The build recipe (JSON-able) for `target` from the spine's finish context."""
+    """The build recipe (JSON-able) for `target` from the pipeline's finish context."""
     import onnx
 
     from lowlight.targets.tensorrt import CUSTOM_DOMAIN, PLUGIN_NAMESPACE

@@ -2,19 +2,110 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from lowlight.compile.graph import fill_dft_lengths, name_nodes
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
 OPSET = 20  # DFT-20 takes dft_length/axis as inputs; the dynamo exporter's default
+
+#: Tensor bytes past which a model is saved with its weights in a side file
+#: (`model.onnx.data`): protobuf cannot serialize a message over 2 GiB (EncodeError;
+#: the released GM-MoE layout is 2.76 GB of float32). Override with the environment
+#: variable below (the tests lower it to exercise the path with a tiny model).
+EXTERNAL_DATA_BYTES = int(1.8e9)
+EXTERNAL_DATA_ENV = "LOWLIGHT_ONNX_EXTERNAL_DATA_BYTES"
+
+
+def external_data_threshold() -> int:
+    """Bytes past which `save_onnx` writes external data (env LOWLIGHT_ONNX_EXTERNAL_DATA_BYTES, else 1.8e9)."""
+    value = os.environ.get(EXTERNAL_DATA_ENV)
+    return int(float(value)) if value else EXTERNAL_DATA_BYTES
+
+
+def _tensors(model: "onnx.ModelProto") -> "Iterator[onnx.TensorProto]":
+    """Every tensor of `model`: initializers, attribute tensors (Constant), in subgraphs and local functions."""
+
+    def nodes(ns: Any) -> Any:
+        for node in ns:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from graph(g)
+
+    def graph(g: Any) -> Any:
+        yield from g.initializer
+        yield from nodes(g.node)
+
+    yield from graph(model.graph)
+    for f in model.functions:
+        yield from nodes(f.node)
+
+
+def tensor_bytes(model: "onnx.ModelProto") -> int:
+    """Serialized bytes of every tensor in `model` (what counts towards protobuf's 2 GiB limit)."""
+    return sum(t.ByteSize() for t in _tensors(model))
+
+
+def save_onnx(model: "onnx.ModelProto", path: str | Path, threshold: int | None = None) -> list[Path]:
+    """Save `model` at `path`; past `threshold` tensor bytes its weights go to `<name>.data` beside it.
+
+    Returns the files written (the model, then its data file if any). A stale data
+    file is removed first: onnx appends to an existing one. Readers need nothing
+    special: `onnx.load(path)` and onnxruntime find the data file next to the model.
+    """
+    import onnx
+
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    limit = external_data_threshold() if threshold is None else threshold
+    external = tensor_bytes(model) > limit
+    data.unlink(missing_ok=True)
+    if not external:
+        onnx.save_model(model, str(path))
+        return [path]
+    # size_threshold=1024: small tensors (shapes, scalars) stay inline, where graph passes read them
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [path, data]
+
+
+def onnx_files(path: str | Path) -> list[Path]:
+    """The model file and the external data files it references (what to copy or hash with it)."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data if entry.key == "location"
+    }
+    return [path] + [path.parent / loc for loc in sorted(locations)]
+
+
+def onnx_sha256(path: str | Path) -> str:
+    """sha256 over the model file and its external data: with external data the .onnx alone
+    holds only offsets, so two models with different weights can have the same .onnx bytes."""
+    h = hashlib.sha256()
+    for f in onnx_files(path):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def custom_translation_table() -> dict:
@@ -32,8 +123,13 @@ def export_onnx(
     output_name: str,
     path: str | Path,
     verbose: bool = False,
-) -> None:
-    """Export `module` (taking `example`'s inputs positionally, in order) to a single ONNX file."""
+    external_data_bytes: int | None = None,
+) -> list[Path]:
+    """Export `module` (taking `example`'s inputs positionally, in order) to ONNX at `path`.
+
+    Returns the files written: `path`, plus `path.data` when the tensors exceed
+    `external_data_bytes` (default `external_data_threshold()`, 1.8 GB).
+    """
     import onnx
     import torch
 
@@ -51,12 +147,13 @@ def export_onnx(
             custom_translation_table=custom_translation_table() or None,
             verbose=verbose,
         )
-    program.save(str(path))
-    model = onnx.load(str(path))
+    program.save(str(path))  # torch writes <path>.data itself past 1.5 GB
+    del program  # its tensors alias the module's; drop them before the model is loaded again
+    model = onnx.load(str(path))  # external data read into memory: the file may be rewritten below
     if any(n.domain == "lowlight" for n in model.graph.node):
         # our custom-op nodes get their standard-op bodies as local functions,
         # so onnxruntime runs the graph as is (lowering decides their final form)
         from lowlight.kernels.onnx_export import attach_functions
 
         model = attach_functions(model)
-    onnx.save(name_nodes(fill_dft_lengths(model)), str(path))
+    return save_onnx(name_nodes(fill_dft_lengths(model)), path, external_data_bytes)

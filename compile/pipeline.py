@@ -63,7 +63,11 @@ def check_volume(input_shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 def default_verify_source() -> Path:
-    """Real low-light photos (DICM) from the shared data; else the shipped samples."""
+    """Real low-light photos (DICM) from the shared data; else the shipped samples.
+
+    The samples are also the default --calib: `select_data` then splits them so
+    the held-out frames are never calibrated on.
+    """
     from lowlight.calibration.data import SAMPLES_DIR, shared_data_dir
 
     shared = shared_data_dir(required=False)
@@ -88,13 +92,13 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     config = opts.config or fam.default_config
     if config not in fam.configs:
         raise LowlightError(f"model {opts.model!r} has no config {config!r}", f"use --config with one of: {', '.join(fam.configs)}")
-    fopts = dict(opts.family_options)
+    fopts = fam.resolve_options(dict(opts.family_options))
     target = get_target(opts.target, opts.trt_version)
     precision = target.resolve_precision(opts.precision)
     if opts.shape is not None and not str(opts.shape).strip():
-        raise ShapeError("--shape is empty", f"omit --shape for the default ({fam.call('default_shape', config=config, **fopts)}), or give one like 1x8x3x256x256")
-    shape = opts.shape if opts.shape is not None else fam.call("default_shape", config=config, **fopts)
-    input_shapes = fam.call("input_shapes", shape, config=config, **fopts)  # ShapeError before any work
+        raise ShapeError("--shape is empty", f"omit --shape for the default ({fam.default_shape(config, **fopts)}), or give one like 1x8x3x256x256")
+    shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
+    input_shapes = {t.name: t.shape for t in fam.inputs(shape, config, **fopts)}  # ShapeError before any work
     check_volume(input_shapes)
     out = Path(opts.out or Path("bundles") / f"{opts.model}-{config}-{target.name}-{precision}")
     claim_dir(out, MANIFEST, "a bundle (it has no manifest.json)", "--out",
@@ -112,7 +116,6 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
     import onnx
 
     from lowlight.calibration.data import SAMPLES_DIR
-    from lowlight.calibration.frames import load_frames
     from lowlight.compile.export import export_onnx
     from lowlight.compile.graph import all_tensor_names, boundary_convs, float_nodes, op_counts, spectral_tensors
     from lowlight.compile.quantize import quantize_int8, to_fp16
@@ -129,9 +132,14 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
     # Read the data first: a bad --calib should fail in a second, not after export.
     calib_src = Path(opts.calib) if opts.calib else SAMPLES_DIR
     verify_src = Path(opts.verify_data) if opts.verify_data else default_verify_source()
-    calib_frames = load_frames(calib_src, limit=opts.calib_frames, every=5) if precision == "int8" else []
-    verify_frames = load_frames(verify_src, limit=opts.verify_frames, every=7)
-    gt_frames = load_frames(opts.ground_truth, limit=opts.verify_frames) if opts.ground_truth else []
+    # Calibration and verification never share a frame: one source is split, identical files elsewhere left out.
+    from lowlight.calibration.frames import select_data
+
+    data = select_data(calib_src if precision == "int8" else None, opts.calib_frames, verify_src, opts.verify_frames,
+                       opts.ground_truth, batch=next(iter(input_shapes.values()))[0], say=progress.say)
+    calib_frames = data.calibration.frames if data.calibration else []
+    verify_frames = data.verification.frames
+    gt_frames = data.ground_truth.frames if data.ground_truth else []
 
     # -- load -------------------------------------------------------------------------
     with progress.stage("load", f"{opts.model} {config} ({opts.checkpoint or 'reference weights'})"):
@@ -139,7 +147,7 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
 
         ckpt = Path(opts.checkpoint) if opts.checkpoint else fam.weights_path(config)
         model = load_model(opts.model, config, checkpoint=opts.checkpoint, **fopts)
-        module = fam.export_wrapper(model, **fopts) if fam.export_wrapper else model
+        module = fam.export_module(model, **fopts)
         ckpt_hash = file_sha256(ckpt) if ckpt else "none"
     example = {name: np.random.default_rng(0).random(s, dtype=np.float32) for name, s in input_shapes.items()}
 
@@ -148,7 +156,7 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
     export_opts = {"model": opts.model, "config": config, "family_options": fopts, "shape": shape, "code": _code_hash(model)}
     with progress.stage("export", f"torch.onnx (dynamo) at {shape}") as note:
         exported, hit = cache.run(
-            "export", ckpt_hash, export_opts, lambda d: export_onnx(module, example, fam.output_name, d / "model.onnx"), "model.onnx"
+            "export", ckpt_hash, export_opts, lambda d: export_onnx(module, example, fam.output_names[0], d / "model.onnx"), "model.onnx"
         )
         note["note"] = "cached" if hit else ""
 
@@ -198,14 +206,16 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
             reports["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float)}
             note["note"] = "cached" if hit else ""
         else:
-            calib_feeds = fam.call("make_inputs", calib_frames, shape, config=config, **fopts)
+            calib_feeds = fam.make_inputs(calib_frames, shape, config, **fopts)
             if not calib_feeds:
                 raise CalibrationError(
                     f"{calib_src} gave {len(calib_frames)} frame(s), too few to make one calibration batch of shape {shape}",
                     "add frames to the calibration folder (16 or more is better), or lower the batch size in --shape",
                 )
 
-            quantizer = fam.int8_fn or quantize_int8
+            quantizer = quantize_int8
+            if fam.quantize_branches:
+                from lowlight.models.gmmoe_qdq import quantize_int8_with_ifs as quantizer
 
             def _int8(d: Path) -> None:
                 rep = quantizer(
@@ -228,7 +238,7 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
 
     # -- verify -----------------------------------------------------------------------
     with progress.stage("verify", f"vs FP32 PyTorch on {len(verify_frames)} held-out frames from {verify_src}") as note:
-        feeds = fam.call("make_inputs", verify_frames, shape, config=config, seed=1, **fopts)
+        feeds = fam.make_inputs(verify_frames, shape, config, seed=1, **fopts)
         if not feeds:
             raise CalibrationError(f"{verify_src} gave too few frames for one verification batch", "pass --verify-data with more frames")
         reference = torch_outputs(module, feeds)
@@ -251,16 +261,16 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
             np.savez_compressed(
                 st / "reference.npz",
                 **{f"input:{k}": np.stack([f[k] for f in feeds[:n_ref]]) for k in feeds[0]},
-                **{f"output:{fam.output_name}": np.stack(reference[:n_ref])},
+                **{f"output:{fam.output_names[0]}": np.stack(reference[:n_ref])},
             )
             (st / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
-            (st / "verification.md").write_text(to_markdown(verification, f"Verification: {opts.model} {config}, {target.name}, {precision}"))
+            (st / "verification.md").write_text(to_markdown(verification, f"Verification: {opts.model} {config}, {target.name}, {precision}", data=data.record()))
             context = {
                 "model_path": str(st / "model.onnx"),
                 "float_model_path": str(lowered),
                 "precision": precision,
                 "input_shapes": {k: list(v) for k, v in input_shapes.items()},
-                "output_names": [fam.output_name],
+                "output_names": [fam.output_names[0]],
                 "reference_path": str(st / "reference.npz"),
                 "cache_dir": str(cache.root),
                 "dla": opts.dla,
@@ -279,12 +289,13 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
                 "precision": precision,
                 "qdq_flavour": target.qdq_flavour if precision == "int8" else None,
                 "inputs": [{"name": k, "shape": list(v), "dtype": "float32", "range": [0.0, 1.0]} for k, v in input_shapes.items()],
-                "outputs": [{"name": fam.output_name, "shape": list(reference[0].shape), "dtype": "float32", "range": [0.0, 1.0]}],
+                "outputs": [{"name": fam.output_names[0], "shape": list(reference[0].shape), "dtype": "float32", "range": [0.0, 1.0]}],
                 "layout": "clip" if len(next(iter(input_shapes.values()))) == 5 else "image",
                 "reference": "reference.npz",
                 "ops": op_counts(final_model),
                 "stages": {"seconds": progress.timings, **reports},
                 "verification": {k: v for k, v in verification.items() if k != "per_sample"},
+                "data": data.record(),
                 "warnings": warnings,
                 "tools": tool_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -331,7 +342,7 @@ def _ground_truth_pairs(fam: Any, clean_frames: list[np.ndarray], shape: str, co
     from lowlight.calibration.degrade import degrade_clip
 
     rng = np.random.default_rng(7)
-    clean = fam.call("make_inputs", clean_frames, shape, config=config, seed=2, **fopts)
+    clean = fam.make_inputs(clean_frames, shape, config, seed=2, **fopts)
     feeds, gts = [], []
     for feed in clean:
         rgb = feed["rgb"]

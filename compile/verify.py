@@ -111,7 +111,8 @@ def verify(
     return report
 
 
-def to_markdown(report: dict[str, Any], title: str = "Verification") -> str:
+def to_markdown(report: dict[str, Any], title: str = "Verification", data: dict[str, Any] | None = None) -> str:
+    """The report as markdown; `data` (a `DataSelection.record()`, else report["data"]) says which frames were used."""
     lines = [
         f"# {title}",
         "",
@@ -128,4 +129,32 @@ def to_markdown(report: dict[str, Any], title: str = "Verification") -> str:
             f"drop **{gt['drop_db']:.3f} dB** (budget <= {gt['max_drop_db']:g} dB)",
         ]
     lines.append(f"- result: {'PASSED' if report['passed'] else 'FAILED'}")
+    data = data if data is not None else report.get("data")
+    if data:
+        lines += ["", "## Data", ""] + _data_markdown(data)
     return "\n".join(lines) + "\n"
+
+
+def _data_markdown(data: dict[str, Any]) -> list[str]:
+    """One entry per set: source, how many of how many, the selection's sha256, which frames, and any warnings."""
+    lines: list[str] = []
+    for role in ("calibration", "verification", "ground_truth"):
+        rec = data.get(role)
+        label = role.replace("_", " ")
+        if not rec:
+            lines.append(f"- {label}: not used")
+            continue
+        which = [it.get("file", f"#{it['index']}") for it in rec["items"]]
+        lines += [
+            f"- {label}: {rec['count']} of {rec['available']} {'frames' if rec['kind'] == 'video' else 'files'} "
+            f"({rec['requested']} asked for) from `{rec['source']}` ({rec['kind']}), selection sha256 `{rec['sha256'][:16]}`",
+            f"  - {'frames' if rec['kind'] == 'video' else 'files'}: {', '.join(which)}",
+        ]
+        if rec.get("source_sha256"):
+            lines.append(f"  - video sha256 `{rec['source_sha256'][:16]}`")
+    split = next((data[r]["split"] for r in ("calibration", "verification") if data.get(r) and data[r].get("split")), None)
+    if split:
+        lines.append(f"- {split}")
+    warnings = [w for r in ("calibration", "verification", "ground_truth") if data.get(r) for w in data[r]["warnings"]]
+    lines += [f"- warning: {w}" for w in warnings]
+    return lines

@@ -35,6 +35,8 @@ REPORT_SUFFIXES = {".md", ".html", ".csv", ".txt", ".png", ".svg"}
 REPORT_NAMES = {"verification.json", "profile.json", "simplify.json", "profile_layers.json"}
 
 _HEX = set("0123456789abcdef")
+#: Inputs are fed as float32: a declared range beyond it could not be honoured by any frame.
+_F32_MAX = 3.4028234663852886e38
 _FIX_RECOMPILE = "the bundle is damaged or was edited by hand: recompile it, or copy it again from where it was built"
 
 
@@ -81,6 +83,12 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> dict[str, Any]
 # -- schema -----------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a damaged manifest must not produce a megabyte message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _err(root: Path | None, what: str) -> BundleError:
     where = f"{root / MANIFEST}" if root is not None else MANIFEST
     return BundleError(f"{where} is not a valid bundle manifest: {what}", _FIX_RECOMPILE)
@@ -89,16 +97,18 @@ def _err(root: Path | None, what: str) -> BundleError:
 def _inside(root: Path | None, rel: Any, key: str) -> str:
     """`rel` as a safe relative path inside the bundle, or BundleError."""
     if not isinstance(rel, str) or not rel or "\x00" in rel:
-        raise _err(root, f"{key} must be a non-empty file name, got {rel!r}")
+        raise _err(root, f"{key} must be a non-empty file name, got {_short(rel)}")
     p = PurePosixPath(rel.replace("\\", "/"))
     if p.is_absolute() or ".." in p.parts or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise _err(root, f"{key} {rel!r} points outside the bundle (paths must be relative, without '..')")
+        raise _err(root, f"{key} {_short(rel)} points outside the bundle (paths must be relative, without '..')")
     return p.as_posix()
 
 
 def _tensor_list(root: Path | None, value: Any, key: str) -> None:
+    if value is None:
+        raise _err(root, f"required key {key!r} (the model's {key}: names, shapes, dtypes) is missing")
     if not isinstance(value, list) or not value:
-        raise _err(root, f"{key!r} must be a non-empty list of tensors, got {type(value).__name__}")
+        raise _err(root, f"{key!r} must be a non-empty list of tensors, got {_short(value)}")
     names = set()
     for i, t in enumerate(value):
         where = f"{key}[{i}]"
@@ -108,28 +118,33 @@ def _tensor_list(root: Path | None, value: Any, key: str) -> None:
         if not isinstance(name, str) or not name:
             raise _err(root, f"{where}.name must be a non-empty string")
         if name in names:
-            raise _err(root, f"{key} names {name!r} twice")
+            raise _err(root, f"{key} names {_short(name)} twice")
         names.add(name)
         if not isinstance(shape, list) or not shape or not all(type(d) is int and 0 < d < 1 << 31 for d in shape):
-            raise _err(root, f"{where}.shape must be a list of positive integers, got {shape!r}")
+            raise _err(root, f"{where}.shape must be a list of positive integers, got {_short(shape)}")
         rng = t.get("range")
         if rng is not None:
-            ok = isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rng)
+            ok = isinstance(rng, list) and len(rng) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= _F32_MAX for v in rng)
             if not ok or rng[0] > rng[1]:
-                raise _err(root, f"{where}.range must be [low, high] with finite low <= high, got {rng!r}")
+                raise _err(root, f"{where}.range must be [low, high] with finite float32 low <= high, got {_short(rng)}")
         dtype = t.get("dtype", "float32")
         if not isinstance(dtype, str):
-            raise _err(root, f"{where}.dtype must be a string")
+            raise _err(root, f"{where}.dtype must be a string, got {_short(dtype)}")
 
 
 def _hashes(root: Path | None, value: Any, key: str) -> dict[str, str]:
+    if value is None and key == "files":
+        raise _err(root, "required key 'files' (the sha256 of every model file) is missing, so the model cannot be checked")
     if not isinstance(value, dict):
         raise _err(root, f"{key!r} must map file names to sha256 hex digests")
     out = {}
     for name, digest in value.items():
         rel = _inside(root, name, f"{key} entry")
         if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
-            raise _err(root, f"{key}[{name!r}] must be a sha256 hex digest, got {digest!r}")
+            raise _err(root, f"{key}[{_short(name)}] must be a sha256 hex digest, got {_short(digest)}")
+        if rel in out:  # "model.onnx" and "./model.onnx": two hashes for one file, one of them wrong
+            raise _err(root, f"{key} lists {_short(rel)} twice")
         out[rel] = digest
     return out
 
@@ -149,12 +164,14 @@ def check_manifest(manifest: Any, root: Path | None = None) -> dict[str, Any]:
     """Validate a parsed manifest's structure; returns it, or raises BundleError saying what is wrong."""
     if not isinstance(manifest, dict):
         raise _err(root, f"expected a JSON object, got {type(manifest).__name__}")
+    if "format_version" not in manifest:
+        raise _err(root, "required key 'format_version' is missing (is this a lowlight bundle's manifest?)")
     version = manifest.get("format_version")
     if type(version) is not int:
-        raise _err(root, f"'format_version' must be an integer, got {version!r}")
+        raise _err(root, f"'format_version' must be an integer, got {_short(version)}")
     if version not in SUPPORTED_FORMATS:
         raise BundleError(
-            f"bundle {root} has format version {version}; this lowlight runtime reads {', '.join(map(str, SUPPORTED_FORMATS))}",
+            f"bundle {root} has format version {_short(version, 40)}; this lowlight runtime reads {', '.join(map(str, SUPPORTED_FORMATS))}",
             "upgrade lowlight-compile on this machine, or recompile the bundle with the version installed here",
         )
     manifest["model"] = _inside(root, manifest.get("model"), "'model'")
@@ -186,7 +203,7 @@ def _resolve(root: Path, rel: str) -> Path:
     real_root = root.resolve()
     try:
         path.resolve().relative_to(real_root)
-    except ValueError:
+    except (ValueError, OSError):  # OSError: a link loop, a name too long: not a file the bundle can hold
         raise BundleError(f"bundle file {rel} resolves outside {root} (a link?)", _FIX_RECOMPILE) from None
     return path
 
@@ -198,16 +215,21 @@ def read_manifest(bundle: str | Path, check_hashes: bool = True) -> dict[str, An
     """
     root = Path(bundle)
     path = root / MANIFEST
-    if not root.exists():
+    try:
+        exists, is_dir, has_manifest = root.exists(), root.is_dir(), path.is_file()
+    except OSError as exc:  # a name too long, no permission on a parent...
+        raise BundleError(f"cannot access bundle {root} ({exc.strerror or exc})", "check the path and its permissions") from exc
+    if not exists:
         raise BundleError(f"bundle {root} does not exist", "pass the directory lowlight-compile wrote (--out)")
-    if not root.is_dir():
+    if not is_dir:
         raise BundleError(f"bundle {root} is not a directory", "pass the directory lowlight-compile wrote (--out)")
-    if not path.is_file():
+    if not has_manifest:
         raise BundleError(f"{root} has no {MANIFEST}: it is not a bundle (or not a complete one)", "pass the directory lowlight-compile wrote (--out), or compile it again")
     try:
         raw = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})", _FIX_RECOMPILE) from exc
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, or an integer with > 4300 digits
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BundleError(f"{path} is not valid JSON ({first})", _FIX_RECOMPILE) from exc
     except OSError as exc:
         raise BundleError(f"cannot read {path} ({exc.strerror or exc})", "check the bundle's permissions") from exc
     manifest = check_manifest(raw, root)
@@ -232,13 +254,16 @@ def read_manifest(bundle: str | Path, check_hashes: bool = True) -> dict[str, An
                 "the files were modified or damaged after compilation: recompile, or copy the bundle again",
             )
         for name, digest in manifest["reports"].items():
-            f = root / name
+            # A report never blocks the model: whatever is wrong with it is a warning.
             try:
-                same = f.is_file() and sha256(f) == digest
-            except OSError:
-                same = False
-            if not same:
-                warnings.append(f"report {name} was {'removed' if not f.exists() else 'changed'} after compilation (the model files are intact)")
+                f = _resolve(root, name)
+                state = "changed" if f.is_file() and sha256(f) != digest else ("removed" if not f.is_file() else "")
+            except BundleError:
+                state = "replaced by a link out of the bundle"
+            except OSError as exc:
+                state = f"made unreadable ({exc.strerror or exc})"
+            if state:
+                warnings.append(f"report {name} was {state} after compilation (the model files are intact)")
     manifest["report_warnings"] = warnings
     return manifest
 

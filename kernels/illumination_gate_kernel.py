@@ -1,4 +1,4 @@
-"""Fused IADS illumination gate (AMNet, seed 000) as one Triton kernel.
+"""Fused IADS illumination gate (AMNet, AnyMod-LLVE) as one Triton kernel.
 
 low = avg_pool2d(z, k, stride 1, pad k//2, count_include_pad=False)
 high_gated = (z - low) * sigmoid(w @ low + b)

@@ -1,4 +1,4 @@
-"""Top-2 MoE with GLU experts (MMAIF's DiT, seed 004) as grouped-GEMM Triton kernels.
+"""Top-2 MoE with GLU experts (the DiT of MMAIF, "Multi-task and Multi-degradation All-in-One for Image Fusion") as grouped-GEMM Triton kernels.
 
 Built the way fast MoE kernels are (vLLM's fused_moe, MegaBlocks):
 1. route: logits = x @ w_router, then fused softmax/top-2/renormalise;

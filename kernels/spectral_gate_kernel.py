@@ -1,4 +1,4 @@
-"""Fused FBS spectral gate (AMNet, seed 000) as one Triton kernel.
+"""Fused FBS spectral gate (AMNet, AnyMod-LLVE) as one Triton kernel.
 
 out = f * sigmoid(w_g f + b_g) * (1 + tanh(w_s f + b_s)),  f = [re; im] per pixel.
 

@@ -1,4 +1,4 @@
-"""GM-MoE: low-light enhancement with a gated mixture of three experts (seed 001).
+"""GM-MoE ("Low-Light Enhancement with Gated-Mechanism Mixture-of-Experts"): a gated mixture of three experts.
 
 Read top to bottom:
 
@@ -9,11 +9,23 @@ Read top to bottom:
 4. `ExpertBlock`                       gate + experts; dense mixing or top-2 dispatch
 5. `ShallowFeatureBlock`               the SFEB after the intro conv
 6. `GMMoE`                             the NAFNet-style U-Net around the blocks
-7. configs, shapes, inputs and the `Family` registration
+7. configs: the named ones, and a name for every layout (`layout_name`)
+8. checkpoints of the official code: key renaming, layout inference, options YAML
+   (then shapes, inputs and the `Family` registration)
 
 Facts from the paper and its public code (Sameenok/gm-moe-lowlight-enhancement):
 width 24, four encoder stages of one block each, one middle block, four
 decoder stages: 19.99M parameters. The code is ours.
+
+Checkpoints trained with the official code (class `OURNet24`, BasicSR format
+`{'params': ..., 'params_ema': ...}`) load as they are: `official_to_ours` renames
+their keys (`OFFICIAL_BLOCK_NAMES`), `infer_layout` reads the layout from keys and
+shapes (`--config auto`), `config_from_options` from their options YAML. Any
+layout has a config name (`layout_name`, e.g. "w48-e2.2.4.8-m12-d2.2.2.2"). The
+released layout (`RELEASED`: width 48, encoder blocks 2,2,4,8, 12 middle blocks,
+decoder blocks 2,2,2,2) has 690,851,505 parameters (counted: `tests/test_gmmoe_official.py`).
+In dense mode our network computes the official one, except that we clamp the
+output to [0,1] in eval mode and the official forward does not; see docs/gmmoe_official.md.
 
 Top-2 dispatch is our addition (the paper mixes all three experts): each block
 keeps the two experts with the largest gate weights per image, renormalised
@@ -23,7 +35,9 @@ dropped expert's ops are never executed. Batches are grouped by expert pair.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowlight.core.errors import LowlightError, ShapeError
+from lowlight.models.family import Family, KeepFloat, Option, Tensor
 
 EXPERT_MODES = ("dense", "top2")
 NUM_EXPERTS = 3
@@ -356,7 +371,11 @@ def check_size(cfg: GMMoEConfig, h: int, w: int) -> None:
 
 
 class GMMoE(nn.Module):
-    """rgb [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] in [0,1] (global residual; clamped in eval mode)."""
+    """rgb [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] in [0,1] (global residual; clamped in eval mode).
+
+    The official OURNet24 returns the same tensor unclamped; in training mode (no
+    clamp) this module computes exactly that, which is how the official-weights tests compare.
+    """
 
     def __init__(self, cfg: GMMoEConfig, experts: str = "top2") -> None:
         super().__init__()
@@ -453,6 +472,247 @@ CONFIGS: dict[str, GMMoEConfig] = {
 }
 DEFAULT_CONFIG = "small"
 
+#: The layout of the released official checkpoints (690.85M parameters; reached by
+#: `--config auto` on such a checkpoint, or by its layout name "w48-e2.2.4.8-m12-d2.2.2.2").
+RELEASED = GMMoEConfig(width=48, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2))
+
+_LAYOUT = re.compile(r"w(\d+)-e(\d+(?:\.\d+)*)-m(\d+)-d(\d+(?:\.\d+)*)(-lean)?")
+
+
+def layout_name(cfg: GMMoEConfig) -> str:
+    """A config name for any layout: "w48-e2.2.4.8-m12-d2.2.2.2" (+ "-lean": without Expert3's unused conv)."""
+
+    def dots(ns: tuple[int, ...]) -> str:
+        return ".".join(map(str, ns))
+
+    return f"w{cfg.width}-e{dots(cfg.enc_blocks)}-m{cfg.middle_blocks}-d{dots(cfg.dec_blocks)}" + ("" if cfg.keep_unused else "-lean")
+
+
+def parse_layout(name: str) -> GMMoEConfig | None:
+    """The config a layout name stands for; None if `name` is not one (or not a buildable one)."""
+    m = _LAYOUT.fullmatch(name)
+    if not m:
+        return None
+    enc = tuple(int(n) for n in m.group(2).split("."))
+    dec = tuple(int(n) for n in m.group(4).split("."))
+    width = int(m.group(1))
+    # even width: Expert2 and the SFEB halve the channels; one decoder stage per encoder stage
+    if width < 2 or width % 2 or len(enc) != len(dec):
+        return None
+    return GMMoEConfig(width=width, enc_blocks=enc, middle_blocks=int(m.group(3)), dec_blocks=dec, keep_unused=not m.group(5))
+
+
+def config_name(cfg: GMMoEConfig) -> str:
+    """The named config equal to `cfg` ("paper"...), else its layout name."""
+    return next((n for n, c in dict.items(CONFIGS) if c == cfg), layout_name(cfg))
+
+
+class LayoutConfigs(dict):
+    """The named configs, plus every layout name (`layout_name`) on lookup.
+
+    Iterating lists the named ones; `in` and `[]` also take layout names, so a
+    checkpoint of any layout flows through the compiler as a plain config string.
+    """
+
+    def __missing__(self, key: str) -> GMMoEConfig:
+        cfg = parse_layout(key) if isinstance(key, str) else None
+        if cfg is None:
+            raise KeyError(key)
+        return cfg
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (isinstance(key, str) and parse_layout(key) is not None)
+
+
+CONFIGS = LayoutConfigs(CONFIGS)
+
+
+# ----------------------------------------------------------------------------
+# 8. checkpoints of the official code (OURNet24_arch.py in Sameenok/gm-moe-lowlight-enhancement)
+
+#: Official ExpertBlock submodule -> ours (under each block). Their block holds Expert1,
+#: Expert2 and the gate as children and Expert3's layers directly (conv6 is the unused one).
+OFFICIAL_BLOCK_NAMES = {
+    "Expert1.conv1": "experts.0.squeeze",
+    "Expert1.conv_f": "experts.0.skip",
+    "Expert1.conv2": "experts.0.down",
+    "Expert1.conv_max": "experts.0.conv_max",
+    "Expert1.conv3": "experts.0.conv_a",
+    "Expert1.conv3_": "experts.0.conv_b",
+    "Expert1.conv4": "experts.0.expand",
+    **{f"Expert2.c{i}": f"experts.1.c{i}" for i in range(1, 7)},
+    "Expert2.se.conv_du.0": "experts.1.ca.fc1",
+    "Expert2.se.conv_du.2": "experts.1.ca.fc2",
+    "Expert2.sa.conv1": "experts.1.sa.conv",
+    **{n: f"experts.2.{n}" for n in ("norm1", "norm2", "conv11", "conv33", "conv55", "conv1", "conv2", "conv3", "conv4", "conv5", "beta", "gamma")},
+    "sca.1": "experts.2.sca",
+    "conv6": "experts.2.unused",
+    "GateNetwork.0": "gate.fc1",
+    "GateNetwork.2": "gate.fc2",
+}
+#: Official top-level modules -> ours (intro, ending, encoders, decoders, downs, ups keep their names).
+OFFICIAL_TOP_NAMES = {
+    "MSFEblock.conv0": "sfeb.dw5",
+    "MSFEblock.conv_spatial": "sfeb.dw7_dilated",
+    "MSFEblock.conv1": "sfeb.proj1",
+    "MSFEblock.conv2": "sfeb.proj2",
+    "MSFEblock.conv_squeeze": "sfeb.squeeze",
+    "MSFEblock.conv": "sfeb.expand",
+}
+_OFFICIAL_ROOTS = ("intro", "ending", "MSFEblock", "encoders", "decoders", "middle_blks", "downs", "ups")
+#: Official network_g types: OURNet24, and its test-time variant (WaterNetLocal: same weights).
+OFFICIAL_TYPES = ("OURNet24", "WaterNetLocal")
+
+
+def _official_key(key: str) -> str:
+    """One official state_dict key in our naming (a leading prefix such as 'module.' is kept)."""
+    parts = key.split(".")
+    i = next((i for i, p in enumerate(parts) if p in _OFFICIAL_ROOTS), None)
+    if i is None:
+        return key
+    head, rel = parts[:i], parts[i:]
+    if rel[0] == "middle_blks":
+        rel = ["middle"] + rel[1:]
+    if rel[0] in ("encoders", "decoders", "middle"):
+        n = 3 if rel[0] != "middle" else 2  # encoders.<stage>.<block> / middle.<block>
+        block, inner = rel[:n], rel[n:]
+        module, leaf = (".".join(inner[:-1]), inner[-1]) if len(inner) > 1 else (inner[0] if inner else "", "")
+        mapped = OFFICIAL_BLOCK_NAMES.get(module)
+        if mapped is None:
+            return ".".join(head + rel)
+        rel = block + mapped.split(".") + ([leaf] if leaf else [])
+    elif rel[0] == "MSFEblock" and len(rel) == 3:
+        mapped = OFFICIAL_TOP_NAMES.get(".".join(rel[:2]))
+        if mapped is not None:
+            rel = mapped.split(".") + rel[2:]
+    return ".".join(head + rel)
+
+
+def official_to_ours(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str] | None:
+    """`state` renamed from the official code's naming to ours, and a note; None if it is not in that naming."""
+    if not any(p in ("MSFEblock", "middle_blks", "GateNetwork", "Expert1") for k in state for p in k.split(".")):
+        return None
+    out = {_official_key(k): v for k, v in state.items()}
+    return out, f"renamed {len(out)} keys from the official GM-MoE code's naming (OURNet24)"
+
+
+def infer_layout(state: dict[str, torch.Tensor]) -> GMMoEConfig | None:
+    """The layout of a state_dict in our naming (root-relative): width and blocks per stage; None if not GM-MoE's."""
+    intro = state.get("intro.weight")
+    if intro is None or intro.dim() != 4 or intro.shape[1] != 3:
+        return None
+
+    def count(pattern: str) -> list[int]:
+        found = [tuple(int(g) for g in m.groups()) for k in state if (m := re.match(pattern, k))]
+        return sorted(set(found))  # type: ignore[arg-type]
+
+    stages = len(count(r"downs\.(\d+)\.weight$"))
+    if stages == 0 or stages != len(count(r"ups\.(\d+)\.0\.weight$")):
+        return None
+
+    def blocks(name: str) -> tuple[int, ...]:
+        found = count(rf"{name}\.(\d+)\.(\d+)\.")
+        return tuple(1 + max((j for s, j in found if s == i), default=-1) for i in range(stages))
+
+    middle = 1 + max((j for (j,) in count(r"middle\.(\d+)\.")), default=-1)
+    keep_unused = any(k.endswith("experts.2.unused.weight") for k in state)
+    return GMMoEConfig(width=int(intro.shape[0]), enc_blocks=blocks("encoders"), middle_blocks=middle,
+                       dec_blocks=blocks("decoders"), keep_unused=keep_unused)
+
+
+def describe(cfg: GMMoEConfig) -> str:
+    """"width 48, encoder blocks 2,2,4,8, 12 middle blocks, decoder blocks 2,2,2,2"."""
+    return (f"width {cfg.width}, encoder blocks {','.join(map(str, cfg.enc_blocks))}, {cfg.middle_blocks} middle "
+            f"block(s), decoder blocks {','.join(map(str, cfg.dec_blocks))}" + ("" if cfg.keep_unused else ", no unused conv"))
+
+
+def config_from_options(path: str | Path) -> tuple[str, list[str]]:
+    """(config name, notes) from the official code's options YAML (its `network_g` section).
+
+    Reads `type`, `width`, `enc_blk_nums`, `middle_blk_num`, `dec_blk_nums` (and
+    `img_channel`), with PyYAML when installed, else with a small parser for these keys.
+    """
+    from lowlight.core.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LowlightError(f"options file {path} cannot be read ({exc})", "pass the .yml the model was trained with") from exc
+    net = _network_g(text, path)
+    kind = str(net.get("type", "OURNet24"))
+    if kind not in OFFICIAL_TYPES:
+        raise CheckpointError(
+            f"options file {path}: network_g type {kind!r} is not GM-MoE's ({' or '.join(OFFICIAL_TYPES)})",
+            "pass the options file of a GM-MoE training run, or --config auto with its checkpoint",
+        )
+    if int(net.get("img_channel", 3)) != 3:
+        raise CheckpointError(f"options file {path}: img_channel {net['img_channel']} (gmmoe takes RGB, 3 channels)", "use an RGB model's options")
+    try:
+        # the defaults are OURNet24's constructor defaults
+        cfg = GMMoEConfig(
+            width=int(net.get("width", 16)),
+            enc_blocks=tuple(int(n) for n in net.get("enc_blk_nums", [])),
+            middle_blocks=int(net.get("middle_blk_num", 1)),
+            dec_blocks=tuple(int(n) for n in net.get("dec_blk_nums", [])),
+        )
+    except (TypeError, ValueError) as exc:
+        raise LowlightError(f"options file {path}: network_g has a non-integer layout value ({exc})", "fix the file") from exc
+    if not cfg.enc_blocks or parse_layout(layout_name(cfg)) != cfg:
+        raise LowlightError(
+            f"options file {path}: network_g does not describe a buildable GM-MoE ({describe(cfg)})",
+            "give enc_blk_nums and dec_blk_nums of the same length (>= 1 stage) and an even width",
+        )
+    notes = [f"config from {path.name}: network_g {kind}, {describe(cfg)}"]
+    if kind == "WaterNetLocal":
+        notes.append("its test-time local average pooling (BasicSR Local_Base) is not compiled: the gates and "
+                     "channel attentions pool globally, as OURNet24 does in training")
+    return config_name(cfg), notes
+
+
+def _network_g(text: str, path: Path) -> dict[str, Any]:
+    """The `network_g` mapping of a BasicSR options file."""
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise LowlightError(f"options file {path} is not valid YAML ({exc})", "pass the .yml the model was trained with") from exc
+        net = doc.get("network_g") if isinstance(doc, dict) else None
+    else:
+        net = _tiny_yaml_section(text, "network_g")
+    if not isinstance(net, dict):
+        raise LowlightError(f"options file {path} has no network_g section", "pass the BasicSR options .yml the model was trained with")
+    return net
+
+
+def _tiny_yaml_section(text: str, section: str) -> dict[str, Any] | None:
+    """`section`'s `key: value` lines (ints, strings, flow lists [1, 2]); enough for network_g without PyYAML."""
+    out: dict[str, Any] | None = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        indented = line[0] in " \t"
+        if not indented:
+            if out is not None:
+                break  # the next top-level key ends the section
+            if line.split(":", 1)[0].strip() == section:
+                out = {}
+            continue
+        if out is None or ":" not in line:
+            continue
+        key, _, value = line.strip().partition(":")
+        value = value.strip().strip("'\"")
+        if value.startswith("[") and value.endswith("]"):
+            out[key.strip()] = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        else:
+            out[key.strip()] = value
+    return out
+
 
 def _experts(options: dict[str, Any]) -> str:
     mode = options.get("experts") or "top2"
@@ -513,37 +773,53 @@ def make_inputs(frames: list, shape: str, **options: Any) -> list[dict[str, Any]
     return feeds
 
 
-def _train(config: str = DEFAULT_CONFIG, out: str | None = None, **kw: Any) -> Any:
-    from lowlight.models.train_gmmoe import train
+class GMMoEFamily(Family):
+    """GM-MoE for the compiler: one image graph; top-2 routes through ONNX If, so INT8 reaches into branches."""
 
-    return train(config=config, out=out, **kw)
+    name = "gmmoe"
+    summary = "GM-MoE: gated mixture of three experts per block (NAFNet-style U-Net)"
+    configs = CONFIGS
+    default_config = DEFAULT_CONFIG
+    options = (Option("experts", EXPERT_MODES, "top2", "expert dispatch: dense mixes all three, top2 runs the two largest gate weights (ONNX If)"),)
+    weights = {"small": "gmmoe_small.safetensors"}
+    trainer = "lowlight.models.train_gmmoe:train"
+    # The gates (pool -> MLP -> softmax) decide which expert runs: an INT8 flip of
+    # the top-2 choice changes the whole block's output, so they stay float.
+    keep_float = KeepFloat(gates=True)
+    quantize_branches = True
 
+    def build(self, config: str, **options: str) -> GMMoE:
+        return build_model(config, **options)
 
-def _int8(*args: Any, **kw: Any) -> dict[str, Any]:
-    """INT8 that reaches the experts inside top-2 `If` branches (gate and routing stay float)."""
-    from lowlight.models.gmmoe_qdq import quantize_int8_with_ifs
+    def default_shape(self, config: str, **options: str) -> str:
+        return default_shape(config, **options)
 
-    return quantize_int8_with_ifs(*args, **kw)
+    def inputs(self, shape: str, config: str, **options: str) -> list[Tensor]:
+        return [Tensor("rgb", input_shapes(shape, config=config, **options)["rgb"], "BCHW")]
 
+    def make_inputs(self, frames: list, shape: str, config: str, seed: int = 0, **options: str) -> list[dict[str, Any]]:
+        return make_inputs(frames, shape, config=config, **options)
 
-def _register() -> None:
-    from lowlight.models.registry import Family, register
+    def infer_config(self, state: dict[str, Any]) -> str | None:
+        """The config name of a checkpoint's layout, ours or the official code's naming, any key prefix."""
+        from lowlight.models.checkpoint import strip_prefix
 
-    register(
-        Family(
-            name="gmmoe",
-            configs=CONFIGS,
-            build_fn=build_model,
-            default_shape=default_shape,
-            input_shapes=input_shapes,
-            make_inputs=make_inputs,
-            weights={"small": "gmmoe_small.safetensors"},
-            option_names=("experts",),
-            default_config=DEFAULT_CONFIG,
-            train_fn=_train,
-            int8_fn=_int8,
-        )
-    )
+        renamed = official_to_ours(state)
+        state = renamed[0] if renamed else state
+        anchor = next((k for k in state if k == "intro.weight" or k.endswith(".intro.weight")), None)
+        if anchor is None:
+            return None
+        cfg = infer_layout(strip_prefix(state, anchor[: -len("intro.weight")])[0])
+        return config_name(cfg) if cfg is not None else None
 
+    def describe_config(self, config: str) -> str:
+        """What a config name stands for, for notes ("width 48, encoder blocks 2,2,4,8, ...")."""
+        return describe(CONFIGS[config])
 
-_register()
+    def checkpoint_rename(self, state: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """Rename the official code's checkpoint keys to ours (None: not in its naming)."""
+        return official_to_ours(state)
+
+    def config_from_file(self, path: str) -> tuple[str, list[str]]:
+        """(config name, notes) from the official training options YAML."""
+        return config_from_options(path)

@@ -23,7 +23,7 @@ from lowlight.calibration.degrade import degrade_clip, event_voxels, motion_clip
 from lowlight.calibration.frames import load_frames
 from lowlight.compile.metrics import psnr, ssim
 from lowlight.models.amnet import AUX, CONFIGS, AMNet
-from lowlight.models.registry import WEIGHTS_DIR
+from lowlight.models.family import WEIGHTS_DIR
 
 SUBSETS = [frozenset(s) for r in range(len(AUX) + 1) for s in combinations(AUX, r)]
 FULL = frozenset(AUX)

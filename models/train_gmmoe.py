@@ -1,7 +1,7 @@
 r"""Train GM-MoE's reference weights on synthetic low-light pairs (`lowlight-compile zoo train gmmoe`).
 
 Data: crops of the clean photos in ../shared/data/clean, darkened with the
-spine's degradation model (`lowlight.calibration.degrade.degrade`). A fixed,
+the shared degradation model (`lowlight.calibration.degrade.degrade`). A fixed,
 deterministic subset of the photos is held out for evaluation (never trained on).
 
 Loss: the paper's PSNR loss (10*log10(MSE), per image) plus a load-balancing
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lowlight.models.gmmoe import CONFIGS, DEFAULT_CONFIG, GMMoE, balance_loss, top2
-from lowlight.models.registry import WEIGHTS_DIR
+from lowlight.models.family import WEIGHTS_DIR
 
 #: Every HOLDOUT_EVERY-th photo (sorted by name, starting at HOLDOUT_OFFSET) is held out.
 HOLDOUT_EVERY, HOLDOUT_OFFSET = 7, 3

@@ -5,9 +5,23 @@ from pathlib import Path
 
 import numpy as np
 
+from lowlight.core.errors import BundleError
+
+#: ONNX tensor types as ORT names them -> numpy dtype names (as manifests write them).
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32", "tensor(uint32)": "uint32", "tensor(int64)": "int64", "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
 
 class OnnxRuntimeBackend:
-    """Backend interface: `input_names`, `output_names`, `name`, `run(feeds) -> {name: array}`."""
+    """Backend interface: `input_names`, `output_names`, `name`, `run(feeds) -> {name: array}`.
+
+    Also `shapes` and `dtypes` by tensor name (dims the model leaves dynamic are None or a
+    symbol), so a loader can check the model against what its manifest declares.
+    """
 
     name = "onnxruntime"
 
@@ -21,9 +35,27 @@ class OnnxRuntimeBackend:
         if profile_prefix:
             opts.enable_profiling = True
             opts.profile_file_prefix = profile_prefix
-        self.session = ort.InferenceSession(str(model_path), opts, providers=providers or ["CPUExecutionProvider"])
+        providers = providers or ["CPUExecutionProvider"]
+        # ORT's fallback retries on the CPU and prints a banner to stdout: with only the CPU
+        # provider it would retry the same load, so a damaged model would fail twice, noisily.
+        fallback = int(providers != ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(model_path), opts, providers=providers, enable_fallback=fallback)
+        except MemoryError:
+            raise
+        except Exception as exc:  # ORT raises its own Exception subclasses (InvalidProtobuf, Fail, NoSuchFile...)
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = lines[0][:300] if lines else type(exc).__name__
+            raise BundleError(
+                f"onnxruntime cannot load {model_path}: {first}",
+                "the model file is damaged or not an ONNX model this onnxruntime reads: recompile the bundle, "
+                "or copy it again from where it was built (and check the onnxruntime version against the manifest's 'tools')",
+            ) from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        io = [*self.session.get_inputs(), *self.session.get_outputs()]
+        self.shapes: dict[str, list[int | str | None]] = {t.name: list(t.shape) for t in io}
+        self.dtypes: dict[str, str] = {t.name: _ORT_TYPES.get(t.type, t.type) for t in io}
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,24 +13,46 @@ from typing import Any
 
 import numpy as np
 
-from lowlight.core.bundle import read_manifest
-from lowlight.core.errors import InputError
+from lowlight.core.bundle import bundle_path, read_manifest
+from lowlight.core.errors import BundleError, InputError, LowlightError
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+
+#: Slack around an input's declared range, as a fraction of its span. Resizing, colour
+#: conversion and denoising overshoot a [0,1] frame by a few percent and still enhance
+#: fine; the mistakes worth refusing are far outside (0..255 frames: 255x the span,
+#: [-1,1] normalisation: a whole span below), so 5% passes the first and stops the second.
+RANGE_TOLERANCE = 0.05
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (backend errors run to pages)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0][:300] if lines else "") or type(exc).__name__
 
 
 class Session:
-    """`sess(rgb=clip)` -> numpy output; one keyword argument per named model input."""
+    """`sess(rgb=clip)` -> numpy output; one keyword argument per named model input.
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Any) -> None:
+    `warnings` lists what is off but harmless (e.g. a report edited after compilation).
+    """
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Any, warnings: list[str] | None = None) -> None:
         self.bundle, self.manifest, self.backend = bundle, manifest, backend
         self.inputs: dict[str, list[int]] = {i["name"]: i["shape"] for i in manifest["inputs"]}
+        self.ranges: dict[str, tuple[float, float]] = {
+            i["name"]: (float(i["range"][0]), float(i["range"][1])) if i.get("range") is not None else (0.0, 1.0)
+            for i in manifest["inputs"]
+        }
         self.output_name: str = manifest["outputs"][0]["name"]
+        self.warnings: list[str] = list(manifest.get("report_warnings", []) if warnings is None else warnings)
 
     @property
     def backend_name(self) -> str:
         return str(self.backend.name)
 
     def check(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Validated float32 feeds; raises InputError naming the problem."""
+        """Validated float32 feeds; raises InputError naming the problem and its fix."""
         missing = [n for n in self.inputs if n not in feeds]
         extra = [n for n in feeds if n not in self.inputs]
         if missing or extra:
@@ -38,37 +60,124 @@ class Session:
                 f"this bundle takes inputs {list(self.inputs)}; missing {missing}, unexpected {extra}",
                 "the modality set is fixed at compile time (--modalities): pass exactly these names",
             )
-        out = {}
-        for name, shape in self.inputs.items():
-            x = np.asarray(feeds[name])
-            if list(x.shape) != list(shape):
+        return {name: self._check_one(name, feeds[name]) for name in self.inputs}
+
+    def _check_one(self, name: str, value: Any) -> np.ndarray:
+        shape = self.inputs[name]
+        lo, hi = self.ranges[name]
+        declared = f"[{lo:g},{hi:g}]"
+        x = self._as_array(name, value)
+        if list(x.shape) != list(shape):
+            raise InputError(
+                f"input {name!r} has shape {list(x.shape)}, the bundle was compiled for {shape}",
+                "resize/crop frames to the compiled shape, or recompile with --shape",
+            )
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(
+                f"input {name!r} has dtype {x.dtype}; expected float32 values in {declared}",
+                "convert frames with frame.astype(np.float32) / 255",
+            )
+        # min/max propagate NaN and Inf, so one pass each finds them and the range.
+        with np.errstate(invalid="ignore"):
+            found_lo, found_hi = float(x.min()), float(x.max())
+        if not (np.isfinite(found_lo) and np.isfinite(found_hi)):
+            bad = int((~np.isfinite(x)).sum())
+            raise InputError(
+                f"input {name!r} contains {bad} NaN/Inf value(s)",
+                "check the camera/decoder output; replace or drop the frame before enhancing it",
+            )
+        # Plus float32 rounding, so a frame exactly at a declared bound (e.g. 0.3) passes.
+        tol = RANGE_TOLERANCE * (hi - lo) + 1e-6 * max(abs(lo), abs(hi), 1.0)
+        if found_lo < lo - tol or found_hi > hi + tol:
+            unit = (lo, hi) == (0.0, 1.0)
+            if unit and 1.5 < found_hi <= 255.5 and found_lo >= -tol:
+                fix = "it looks like 0..255: divide by 255 (frame.astype(np.float32) / 255)"
+            elif unit and -1 - tol <= found_lo <= -0.5 and found_hi <= 1 + tol:  # dark frames sit near -1
+                fix = "it looks like -1..1: map it to 0..1 with (frame + 1) / 2"
+            else:
+                fix = f"scale frames into {declared}, the range the model was compiled and calibrated for"
+            raise InputError(
+                f"input {name!r} has values from {found_lo:g} to {found_hi:g}, outside its declared range {declared}",
+                fix,
+            )
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    @staticmethod
+    def _as_array(name: str, value: Any) -> np.ndarray:
+        """`value` as an ndarray: arrays as they are, lists only when they form a numeric array."""
+        if isinstance(value, (np.ndarray, np.generic)):
+            return np.asarray(value)
+        if isinstance(value, (list, tuple)):
+            try:
+                x = np.asarray(value)
+            except (ValueError, TypeError) as exc:  # ragged nesting
                 raise InputError(
-                    f"input {name!r} has shape {list(x.shape)}, the bundle was compiled for {shape}",
-                    "resize/crop frames to the compiled shape, or recompile with --shape",
-                )
-            if x.dtype != np.float32:
-                if not np.issubdtype(x.dtype, np.floating):
-                    raise InputError(
-                        f"input {name!r} has dtype {x.dtype}; expected float32 values in [0,1]",
-                        "convert frames with frame.astype(np.float32) / 255",
-                    )
-                x = x.astype(np.float32)
-            if not np.isfinite(x).all():
-                bad = int((~np.isfinite(x)).sum())
+                    f"input {name!r} is a {type(value).__name__} that does not form an array ({_first_line(exc)})",
+                    "pass a numpy float32 array of the compiled shape",
+                ) from None
+            if x.dtype.kind not in "biuf":
                 raise InputError(
-                    f"input {name!r} contains {bad} NaN/Inf value(s)",
-                    "check the camera/decoder output; replace or drop the frame before enhancing it",
+                    f"input {name!r} is a {type(value).__name__} of non-numeric values (dtype {x.dtype})",
+                    "pass a numpy float32 array of the compiled shape",
                 )
-            out[name] = np.ascontiguousarray(x)
-        return out
+            return x
+        raise InputError(
+            f"input {name!r} expected a numpy array, got {type(value).__name__}",
+            "pass a numpy float32 array of the compiled shape, e.g. np.asarray(frames, np.float32) / 255",
+        )
 
     def __call__(self, **feeds: Any) -> np.ndarray:
+        """Check the feeds, run the backend, return the first output."""
         checked = self.check(feeds)
-        return self.backend.run(checked)[self.output_name]
+        try:
+            return self.backend.run(checked)[self.output_name]
+        except (LowlightError, MemoryError):
+            raise
+        except Exception as exc:
+            # The inputs were checked against the manifest and the model loaded: a failure
+            # here means the model itself is broken (e.g. a damaged file hashed again).
+            raise BundleError(
+                f"{self.backend_name} failed running the model of {self.bundle}: {_first_line(exc)}",
+                "recompile the bundle; if a fresh bundle fails the same way, report this message",
+            ) from exc
+
+
+def _check_io(root: Path, manifest: dict[str, Any], backend: Any) -> None:
+    """Refuse a manifest whose inputs/outputs disagree with the model the backend loaded.
+
+    The manifest is what `Session.check` validates feeds against; if it names or shapes
+    tensors differently from the model, checked inputs would still fail in the backend.
+    """
+    fix = "the manifest does not describe this model: recompile the bundle, or copy it again from where it was built"
+    shapes = getattr(backend, "shapes", {})
+    dtypes = getattr(backend, "dtypes", {})
+    for key, names in (("inputs", list(backend.input_names)), ("outputs", list(backend.output_names))):
+        declared = [t["name"] for t in manifest[key]]
+        if sorted(declared) != sorted(names):
+            raise BundleError(f"{root}: the manifest lists {key} {declared}, the model has {names}", fix)
+        for t in manifest[key]:
+            have = shapes.get(t["name"])
+            # Dynamic model dims (None/str) take any size, so they cannot disagree.
+            if have is not None and (len(have) != len(t["shape"]) or any(isinstance(h, int) and h != d for h, d in zip(have, t["shape"]))):
+                raise BundleError(f"{root}: the manifest gives {t['name']!r} shape {t['shape']}, the model {have}", fix)
+            want = t.get("dtype", "float32")
+            if key == "inputs" and want != "float32":
+                raise BundleError(f"{root}: input {t['name']!r} is declared {want!r}; this runtime feeds float32 frames", fix)
+            if t["name"] in dtypes and dtypes[t["name"]] != want:
+                raise BundleError(f"{root}: the manifest gives {t['name']!r} dtype {want!r}, the model {dtypes[t['name']]!r}", fix)
 
 
 def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, threads: int | None = None) -> Session:
-    """Load a bundle (hashes checked) and pick a backend: 'auto', 'tensorrt' or 'onnxruntime'."""
+    """Load a bundle (hashes checked) and pick a backend: 'auto', 'tensorrt' or 'onnxruntime'.
+
+    Every problem with the bundle is a BundleError, with the backend problem a user can
+    fix (no TensorRT here, bad arguments) an InputError. With verbose, the chosen backend
+    and any warnings (`Session.warnings`) go to stderr, once.
+    """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    if threads is not None and (type(threads) is not int or threads < 0):
+        raise InputError(f"threads must be a non-negative integer, got {threads!r}", "pass threads=None (all cores) or a count such as 4")
     root = Path(bundle)
     manifest = read_manifest(root)
     chosen: Any = None
@@ -78,10 +187,23 @@ def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, thread
             from lowlight.runtime.tensorrt_backend import TensorRTBackend, tensorrt_available
 
             ok, reason = tensorrt_available(manifest)
-            if ok:
-                chosen = TensorRTBackend(root / manifest["engine"]["file"], manifest)
         except ImportError as exc:
-            reason = f"TensorRT backend unavailable ({exc})"
+            ok, reason = False, f"TensorRT backend unavailable ({exc})"
+        if ok:
+            engine = bundle_path(root, manifest, manifest["engine"]["file"])
+            try:
+                chosen = TensorRTBackend(engine, manifest)
+            except MemoryError:
+                raise
+            except Exception as exc:  # a bad engine, a CUDA error: onnxruntime still runs the model
+                if backend == "tensorrt":
+                    if isinstance(exc, LowlightError):
+                        raise
+                    raise BundleError(
+                        f"TensorRT could not open {engine}: {_first_line(exc)}",
+                        "rebuild the engine on this device (lowlight-compile build-engine BUNDLE --force), or load with backend='onnxruntime'",
+                    ) from exc
+                reason = f"TensorRT could not open {engine.name}: {exc.what if isinstance(exc, LowlightError) else _first_line(exc)}"
         if chosen is None and backend == "tensorrt":
             raise InputError(f"cannot run {root} with TensorRT: {reason}", "use backend='onnxruntime'")
     elif backend == "tensorrt":
@@ -89,9 +211,13 @@ def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, thread
     if chosen is None:
         from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        chosen = OnnxRuntimeBackend(root / manifest["model"], threads=threads)
+        chosen = OnnxRuntimeBackend(bundle_path(root, manifest, manifest["model"]), threads=threads)
         if not reason:
             reason = "no TensorRT engine in the bundle" if not manifest.get("engine") else reason
+    _check_io(root, manifest, chosen)
+    sess = Session(root, manifest, chosen)
     if verbose:
         print(f"lowlight.runtime: {root.name}: using {chosen.name}" + (f" ({reason})" if reason and "onnxruntime" in chosen.name else ""), file=sys.stderr)
-    return Session(root, manifest, chosen)
+        for w in sess.warnings:
+            print(f"lowlight.runtime: {root.name}: warning: {w}", file=sys.stderr)
+    return sess

@@ -32,7 +32,7 @@ def compile_tiny(out: Path, cache_dir: Path, **kw: object):
     from lowlight.compile.pipeline import compile_bundle
 
     opts = dict(config="tiny", shape=TINY_SHAPE, out=str(out), cache_dir=str(cache_dir), calib=str(SAMPLES_DIR),
-                calib_frames=6, verify_frames=3, profile_runs=3, quiet=True)
+                calib_frames=8, verify_frames=3, profile_runs=3, quiet=True)
     opts.update(kw)
     return compile_bundle(CompileOptions(**opts))  # type: ignore[arg-type]
 

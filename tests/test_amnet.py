@@ -89,7 +89,7 @@ def test_unknown_modalities_and_config():
 
 def test_family_input_shapes_follow_modalities():
     fam = get_family("amnet")
-    shapes = fam.call("input_shapes", "1x8x3x64x64", config="base", modalities="rgb+event+ir")
+    shapes = {t.name: t.shape for t in fam.inputs("1x8x3x64x64", "base", modalities="rgb+event+ir")}
     assert list(shapes) == ["rgb", "event", "ir"]
     assert shapes["event"] == (1, 8, CONFIGS["base"].event_bins, 64, 64) and shapes["ir"] == (1, 8, 1, 64, 64)
 

@@ -51,7 +51,7 @@ def build(checkpoint, tmp_path_factory):
             done[key] = compile_bundle(CompileOptions(
                 checkpoint=str(checkpoint), model="gmmoe", config="tiny", target=target, precision=precision,
                 shape=SHAPE, out=str(outs / "-".join(key)), family_options={"experts": experts},
-                cache_dir=str(cache), calib=str(SAMPLES_DIR), calib_frames=6, verify_frames=3, profile_runs=3,
+                cache_dir=str(cache), calib=str(SAMPLES_DIR), calib_frames=8, verify_frames=3, profile_runs=3,
                 quiet=True, min_fidelity=30.0,
             ))
         return done[key]

@@ -22,7 +22,7 @@ def test_fp32_bundle_matches_pytorch_within_1e3(fp32_bundle):
     root = fp32_bundle.bundle
     ref = np.load(root / "reference.npz")
     fam = get_family("amnet")
-    module = fam.export_wrapper(load("amnet", "tiny"), modalities="rgb")
+    module = fam.export_module(load("amnet", "tiny"), modalities="rgb")
     x = ref["input:rgb"][0]
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
@@ -79,7 +79,7 @@ def test_trt_flavour_qdq_zero_points_are_all_zero_int8(int8_bundle, tmp_path: Pa
     from lowlight.calibration.frames import load_frames
 
     lowered = next(Path(cache_dir, "lower").glob("*/model.onnx"))
-    feeds = fam.call("make_inputs", load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, config="tiny")
+    feeds = fam.make_inputs(load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, "tiny")
     for engine in ("nncf", "ort"):
         out = tmp_path / f"trt-{engine}.onnx"
         quantize_int8(lowered, out, feeds, "trt-s8s8", [], engine=engine, say=lambda *_: None)

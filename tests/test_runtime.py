@@ -49,6 +49,100 @@ def test_bad_runtime_inputs(fp32_bundle, feeds, words):
     assert words in str(e.value)
 
 
+FIX_ARRAY = "pass a numpy float32 array of the compiled shape"
+
+
+@pytest.mark.parametrize("value, what", [
+    (None, "input 'rgb' expected a numpy array, got NoneType"),
+    ("frame.png", "input 'rgb' expected a numpy array, got str"),
+    ({"r": 1}, "input 'rgb' expected a numpy array, got dict"),
+    (b"\x00" * 16, "input 'rgb' expected a numpy array, got bytes"),
+    (3.5, "input 'rgb' expected a numpy array, got float"),
+    (["a", "b"], "input 'rgb' is a list of non-numeric values (dtype <U1)"),
+    ([[0.1, 0.2], [0.3]], "input 'rgb' is a list that does not form an array"),
+    ([None, None], "input 'rgb' is a list of non-numeric values (dtype object)"),
+])
+def test_non_array_inputs(fp32_bundle, value, what):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    with pytest.raises(InputError) as e:
+        sess(rgb=value)
+    assert e.value.what.startswith(what)
+    assert e.value.fix.startswith(FIX_ARRAY)
+
+
+def test_numeric_list_is_accepted(fp32_bundle):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    x = np.random.default_rng(1).random((1, 4, 3, 64, 64), dtype=np.float32) * 0.3
+    np.testing.assert_allclose(sess(rgb=x.tolist()), sess(rgb=x), atol=1e-6)
+
+
+def test_frames_in_0_255_are_refused(fp32_bundle):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    x = np.random.default_rng(2).random((1, 4, 3, 64, 64), dtype=np.float32) * 0.3
+    with pytest.raises(InputError) as e:
+        sess(rgb=x * 255)
+    assert e.value.what == f"input 'rgb' has values from {x.min() * 255:g} to {x.max() * 255:g}, outside its declared range [0,1]"
+    assert "looks like 0..255: divide by 255" in e.value.fix
+    with pytest.raises(InputError, match="looks like 0..255"):
+        sess(rgb=np.full((1, 4, 3, 64, 64), 255.0, np.float64))  # float64 too, at the very top
+
+
+@pytest.mark.parametrize("lo, hi, fix", [
+    (-0.2, 0.9, "scale frames into [0,1]"),  # negative beyond the 5% slack
+    (0.0, 300.0, "scale frames into [0,1]"),  # above 255: not 8-bit frames
+    (0.0, 1.2, "scale frames into [0,1]"),  # past the slack, too small for 0..255
+    (-1.0, 1.0, "looks like -1..1: map it to 0..1 with (frame + 1) / 2"),
+])
+def test_out_of_range_inputs_are_refused(fp32_bundle, lo, hi, fix):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    x = np.full((1, 4, 3, 64, 64), 0.5, np.float32)
+    x[0, 0, 0, 0, :2] = lo, hi
+    with pytest.raises(InputError) as e:
+        sess(rgb=x)
+    assert e.value.what == f"input 'rgb' has values from {lo:g} to {hi:g}, outside its declared range [0,1]"
+    assert fix in e.value.fix
+
+
+def test_slightly_noisy_inputs_pass(fp32_bundle):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    x = np.random.default_rng(3).random((1, 4, 3, 64, 64), dtype=np.float32)
+    x[0, 0, 0, 0, :2] = -0.049, 1.049  # resize/denoise overshoot, inside the 5% slack
+    y = sess(rgb=x)
+    assert y.shape == x.shape and np.isfinite(y).all()
+    x[0, 0, 0, 0, 0] = -0.051
+    with pytest.raises(InputError, match="values from -0.051 to 1.049"):
+        sess(rgb=x)
+
+
+def test_declared_range_is_honoured(fp32_bundle, tmp_path: Path):
+    from lowlight.core.bundle import write_manifest
+
+    copy = tmp_path / "b"
+    shutil.copytree(fp32_bundle.bundle, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    man["inputs"][0]["range"] = [-1, 1]
+    write_manifest(copy, man)
+    sess = load(copy, verbose=False)
+    assert sess.ranges == {"rgb": (-1.0, 1.0)}
+    sess(rgb=np.full((1, 4, 3, 64, 64), -0.95, np.float32))  # fine for this bundle, refused for [0,1]
+    with pytest.raises(InputError) as e:
+        sess(rgb=np.full((1, 4, 3, 64, 64), 200.0, np.float32))
+    assert e.value.what == "input 'rgb' has values from 200 to 200, outside its declared range [-1,1]"
+    assert e.value.fix == "scale frames into [-1,1], the range the model was compiled and calibrated for"
+    with pytest.raises(InputError) as e:
+        sess(rgb=np.zeros((1, 4, 3, 64, 64), np.uint8))
+    assert e.value.what == "input 'rgb' has dtype uint8; expected float32 values in [-1,1]"
+
+
+def test_nan_is_reported_before_range(fp32_bundle):
+    sess = load(fp32_bundle.bundle, verbose=False)
+    x = np.full((1, 4, 3, 64, 64), 300.0, np.float32)
+    x[0, 0, 0, 0, :3] = np.nan
+    with pytest.raises(InputError) as e:
+        sess(rgb=x)
+    assert e.value.what == "input 'rgb' contains 3 NaN/Inf value(s)"
+
+
 def test_tampered_bundle_is_refused(fp32_bundle, tmp_path: Path):
     copy = tmp_path / "b"
     shutil.copytree(fp32_bundle.bundle, copy)

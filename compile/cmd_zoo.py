@@ -1,0 +1,54 @@
+"""`lowlight-compile zoo list|train`: the reference models shipped with lowlight-compile."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowlight.compile.cli_types import finite_float, positive_int
+
+SUMMARY = "reference models: list them, or reproduce their weights (zoo train FAMILY --config C)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `zoo` and its actions."""
+    from lowlight.compile.cli_types import HelpFormatter
+
+    sub = p.add_subparsers(dest="action", required=True, metavar="{list,train}")
+    t = sub.add_parser("train", help="train a reference checkpoint on synthetic low-light data from ../shared/data/clean",
+                       formatter_class=HelpFormatter, description="Train a family's reference weights (the shipped recipe).")
+    t.add_argument("family", help="model family (see `zoo list`)")
+    t.add_argument("--config", default=None, help="config to train (default: the family's deployed config)")
+    t.add_argument("--out", default=None, help="output .safetensors (default: ./FAMILY_CONFIG.safetensors); never replaces an existing file without --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    t.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recipe's)")
+    t.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    t.add_argument("--lr", type=finite_float, default=None, help="learning rate (default: the recipe's)")
+    t.add_argument("--crop", type=positive_int, default=None, help="training crop size in pixels (default: the recipe's)")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default: the recipe's)")
+    t.add_argument("--init", default=None, help="start from these weights (fine-tune)")
+    t.add_argument("--rgb-only", action="store_true", help="RGB-only fine-tuning (AMNet's downstream stage; with --init)")
+    sub.add_parser("list", help="families, configs and shipped weights", formatter_class=HelpFormatter,
+                   description="List every discovered family with its configs, options and shipped weights.")
+
+
+def run(a: argparse.Namespace) -> int:
+    """List the zoo, or train one reference checkpoint."""
+    from lowlight.core.fsio import claim_file
+    from lowlight.models import family_names, get_family
+
+    if a.action == "list":
+        for name in family_names():
+            fam = get_family(name)
+            opts = " ".join(f"{o.flag} {'|'.join(o.choices)}" for o in fam.options)
+            for cfg in fam.configs:
+                w = fam.weights_path(cfg)
+                print(f"{name:8s} {cfg:8s} {'weights: ' + str(w) if w and w.exists() else 'no shipped weights':60s} {opts}")
+        return 0
+    fam = get_family(a.family)
+    config = a.config or fam.default_config
+    fam.check_config(config)
+    out = Path(a.out) if a.out else Path(f"{a.family}_{config}.safetensors")
+    claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
+    kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init", "rgb_only") and v not in (None, False)}
+    fam.train(config=config, out=str(out), **kw)
+    return 0
