@@ -21,7 +21,7 @@ import torch
 
 from lowlight.calibration.data import shared_data_dir
 from lowlight.calibration.frames import load_frames
-from lowlight.compile.metrics import psnr
+from lowlight.core.metrics import psnr
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
 from lowlight.models import get_family, load

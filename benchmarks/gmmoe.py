@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowlight.compile.metrics import psnr
+from lowlight.core.metrics import psnr
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
 from lowlight.models import load

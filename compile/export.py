@@ -120,7 +120,7 @@ def custom_translation_table() -> dict:
 def export_onnx(
     module: "torch.nn.Module",
     example: dict[str, np.ndarray],
-    output_name: str,
+    output_names: str | list[str],
     path: str | Path,
     verbose: bool = False,
     external_data_bytes: int | None = None,
@@ -143,10 +143,11 @@ def export_onnx(
             dynamo=True,
             opset_version=OPSET,
             input_names=list(example),
-            output_names=[output_name],
+            output_names=[output_names] if isinstance(output_names, str) else list(output_names),
             custom_translation_table=custom_translation_table() or None,
             verbose=verbose,
         )
+    assert program is not None  # dynamo=True always returns a program
     program.save(str(path))  # torch writes <path>.data itself past 1.5 GB
     del program  # its tensors alias the module's; drop them before the model is loaded again
     model = onnx.load(str(path))  # external data read into memory: the file may be rewritten below

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import onnx
+
+if TYPE_CHECKING:
+    from lowlight.models.family import KeepFloat
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -157,3 +161,47 @@ def boundary_convs(model: onnx.ModelProto) -> list[str]:
     walk([i.name for i in model.graph.input], forward)
     walk([o.name for o in model.graph.output], backward)
     return found
+
+
+def gate_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the gates' nodes: from each Softmax back to its global-average pool, and the Softmax."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    keep: list[str] = []
+    for sm in (n for n in model.graph.node if n.op_type == "Softmax"):
+        stack, seen = [sm], set()
+        while stack:
+            n = stack.pop()
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            keep.append(n.name)
+            if n.op_type in ("ReduceMean", "GlobalAveragePool"):
+                continue  # the pool reads the block input: stop there
+            stack.extend(producer[t] for t in n.input if t in producer)
+    return keep
+
+
+def keep_float_nodes(lowered: onnx.ModelProto, policy: "KeepFloat", before_lowering: onnx.ModelProto | None) -> list[str]:
+    """Resolve a family's `KeepFloat` policy to node names of the lowered graph.
+
+    `before_lowering` is the simplified graph before the target's passes (None if
+    no pass ran): the spectral path is found there by tensor name, so it survives
+    DFT -> MatMul, and nodes whose outputs did not exist there were made by lowering.
+    """
+    import re
+
+    spectral = spectral_tensors(before_lowering if before_lowering is not None else lowered) if policy.spectral_path else set()
+    before = all_tensor_names(before_lowering) if (before_lowering is not None and policy.lowered_nodes) else set()
+    keep = float_nodes(lowered, spectral, before) if (spectral or before) else [n.name for n in lowered.graph.node if n.op_type == "DFT"]
+    extra: list[str] = []
+    if policy.boundary_convs:
+        extra += boundary_convs(lowered)
+    if policy.gates:
+        extra += gate_nodes(lowered)
+    if policy.op_types or policy.name_patterns:
+        pats = [re.compile(p) for p in policy.name_patterns]
+        extra += [n.name for n in lowered.graph.node if n.op_type in policy.op_types or any(p.search(n.name) for p in pats)]
+    for name in extra:
+        if name not in keep:
+            keep.append(name)
+    return keep

@@ -34,16 +34,6 @@ class CompileResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _frames_hash(frames: list[np.ndarray]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in frames:
-        h.update(np.ascontiguousarray(f).tobytes()[:: 97])  # sparse sample: fast, still content-sensitive
-        h.update(str(f.shape).encode())
-    return h.hexdigest()
-
-
 #: ONNX Runtime and TensorRT index a tensor with 32-bit element counts.
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 
@@ -79,102 +69,221 @@ def default_verify_source() -> Path:
 def compile_bundle(opts: CompileOptions) -> CompileResult:
     """Run the whole pipeline; returns where the bundle is and what was measured.
 
-    Raises a LowlightError subclass (with a fix) on bad input or a failed
-    verification; nothing is left at `opts.out` unless the bundle is complete.
+    The model comes from a family (`opts.model`), a user's model file
+    (`path/to/file.py:Name`), or an ONNX file given as the checkpoint. Raises a
+    LowlightError subclass (with a fix) on bad input or a failed verification;
+    nothing is left at `opts.out` unless the bundle is complete.
     """
     from lowlight.core.bundle import MANIFEST
     from lowlight.core.fsio import OutputLock, claim_dir, remove_stale
-    from lowlight.models import get_family
     from lowlight.targets import get_target
 
     t_start = time.perf_counter()
-    fam = get_family(opts.model)
-    config = opts.config or fam.default_config
-    if config not in fam.configs:
-        raise LowlightError(f"model {opts.model!r} has no config {config!r}", f"use --config with one of: {', '.join(fam.configs)}")
-    fopts = fam.resolve_options(dict(opts.family_options))
     target = get_target(opts.target, opts.trt_version)
     precision = target.resolve_precision(opts.precision)
     if opts.shape is not None and not str(opts.shape).strip():
-        raise ShapeError("--shape is empty", f"omit --shape for the default ({fam.default_shape(config, **fopts)}), or give one like 1x8x3x256x256")
-    shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
-    input_shapes = {t.name: t.shape for t in fam.inputs(shape, config, **fopts)}  # ShapeError before any work
-    check_volume(input_shapes)
-    out = Path(opts.out or Path("bundles") / f"{opts.model}-{config}-{target.name}-{precision}")
+        raise ShapeError("--shape is empty", "omit --shape for the model's default, or give one like 1x8x3x256x256")
+    onnx_in = opts.checkpoint is not None and str(opts.checkpoint).lower().endswith(".onnx")
+    if onnx_in:
+        src = Path(str(opts.checkpoint))
+        if not src.is_file():
+            raise LowlightError(f"ONNX model {src} does not exist", "check the path")
+        from lowlight.compile.plan import onnx_plan
+
+        make_plan = lambda: onnx_plan(src, opts.shape)  # noqa: E731
+        label, config = src.stem, "onnx"
+        fam = None
+    else:
+        from lowlight.models import get_family
+
+        from lowlight.models import resolve_config
+
+        fam = get_family(opts.model)
+        fopts = fam.resolve_options(dict(opts.family_options))
+        config, _ = resolve_config(opts.model, opts.config, opts.checkpoint, **fopts)  # notes come again at load
+        shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
+        check_volume({t.name: t.shape for t in fam.inputs(shape, config, **fopts)})  # ShapeError before any work
+        label = fam.name.replace(":", "-").replace(".py", "")
+
+        def make_plan() -> Any:
+            from lowlight.compile.plan import family_plan
+
+            return family_plan(fam, config, fopts, shape, opts.checkpoint)
+
+    out = Path(opts.out or Path("bundles") / f"{label}-{config}-{target.name}-{precision}")
     claim_dir(out, MANIFEST, "a bundle (it has no manifest.json)", "--out",
               inputs=[opts.checkpoint, opts.calib, opts.verify_data, opts.ground_truth])
     with OutputLock(out, "--out"):
         for p in remove_stale(out):
             if not opts.quiet:
                 print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
-        return _build(opts, fam, config, fopts, target, precision, shape, input_shapes, out, t_start)
+        return _build(opts, make_plan, target, precision, out, t_start)
 
 
-def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], target: Any, precision: str,
-           shape: str, input_shapes: dict[str, tuple[int, ...]], out: Path, t_start: float) -> CompileResult:
+def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, out: Path, t_start: float) -> CompileResult:
     """The stages, run while holding the lock on `out`."""
-    import onnx
-
     from lowlight.calibration.data import SAMPLES_DIR
-    from lowlight.compile.export import export_onnx
-    from lowlight.compile.graph import all_tensor_names, boundary_convs, float_nodes, op_counts, spectral_tensors
-    from lowlight.compile.quantize import quantize_int8, to_fp16
-    from lowlight.compile.simplify import simplify
-    from lowlight.compile.verify import to_markdown, torch_outputs, verify
+    from lowlight.calibration.frames import select_data
+    from lowlight.compile.verify import to_markdown, verify
     from lowlight.core.bundle import read_manifest, write_manifest
     from lowlight.core.fsio import commit_dir, staged_dir
+    from lowlight.core.program import run_program
 
     cache = StageCache(opts.cache_path(), force=opts.force)
     progress = Progress(STAGES, opts.quiet)
-    notes: list[str] = []
     reports: dict[str, Any] = {}
 
-    # Read the data first: a bad --calib should fail in a second, not after export.
+    # -- load -------------------------------------------------------------------------
+    what = opts.checkpoint if opts.checkpoint else "reference weights"
+    with progress.stage("load", f"{opts.model if not str(what).endswith('.onnx') else 'ONNX'} ({what})"):
+        plan = make_plan()
+    for n in plan.notes:
+        progress.say(f"    note: {n}")
+    batch = plan.inputs[0].shape[0]
+
+    # Read the data before any export: a bad --calib should fail in a second.
+    # Calibration and verification never share a frame: one source is split, identical files elsewhere left out.
     calib_src = Path(opts.calib) if opts.calib else SAMPLES_DIR
     verify_src = Path(opts.verify_data) if opts.verify_data else default_verify_source()
-    # Calibration and verification never share a frame: one source is split, identical files elsewhere left out.
-    from lowlight.calibration.frames import select_data
-
     data = select_data(calib_src if precision == "int8" else None, opts.calib_frames, verify_src, opts.verify_frames,
-                       opts.ground_truth, batch=next(iter(input_shapes.values()))[0], say=progress.say)
+                       opts.ground_truth, batch=batch, say=progress.say)
     calib_frames = data.calibration.frames if data.calibration else []
     verify_frames = data.verification.frames
     gt_frames = data.ground_truth.frames if data.ground_truth else []
 
-    # -- load -------------------------------------------------------------------------
-    with progress.stage("load", f"{opts.model} {config} ({opts.checkpoint or 'reference weights'})"):
-        from lowlight.models import load as load_model
+    calib_by_comp: dict[str, list[dict[str, np.ndarray]]] = {}
+    if precision == "int8":
+        calib_feeds = plan.make_inputs(calib_frames, 0)
+        if not calib_feeds:
+            raise CalibrationError(
+                f"{calib_src} gave {len(calib_frames)} frame(s), too few to make one calibration batch",
+                "add frames to the calibration folder (16 or more is better), or lower the batch size in --shape",
+            )
+        single = len(plan.components) == 1 and [t.name for t in plan.components[0].inputs] == [t.name for t in plan.inputs]
+        calib_by_comp = {plan.components[0].name: calib_feeds} if single else _record(plan, calib_feeds, progress)
 
-        ckpt = Path(opts.checkpoint) if opts.checkpoint else fam.weights_path(config)
-        model = load_model(opts.model, config, checkpoint=opts.checkpoint, **fopts)
-        module = fam.export_module(model, **fopts)
-        ckpt_hash = file_sha256(ckpt) if ckpt else "none"
-    example = {name: np.random.default_rng(0).random(s, dtype=np.float32) for name, s in input_shapes.items()}
+    # -- per component: export, simplify, lower, quantize ------------------------------
+    finals: dict[str, Path] = {}
+    floats: dict[str, Path] = {}
+    comp_reports: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for comp in plan.components:
+        cp = comp.precision or precision
+        final, lowered, rep = _compile_component(plan, comp, cp, target, cache, progress, opts, calib_by_comp.get(comp.name, []))
+        finals[comp.name], floats[comp.name], comp_reports[comp.name] = final, lowered, rep
+        import onnx
 
-    # -- export -----------------------------------------------------------------------
-    # the model's source is part of the key: editing the model must not reuse a stale export
-    export_opts = {"model": opts.model, "config": config, "family_options": fopts, "shape": shape, "code": _code_hash(model)}
-    with progress.stage("export", f"torch.onnx (dynamo) at {shape}") as note:
-        exported, hit = cache.run(
-            "export", ckpt_hash, export_opts, lambda d: export_onnx(module, example, fam.output_names[0], d / "model.onnx"), "model.onnx"
+        for w in target.check_graph(onnx.load(str(final), load_external_data=False), {"dla": opts.dla, "precision": cp}):
+            warnings.append(f"{comp.name}: {w}" if len(plan.components) > 1 else w)
+    for w in warnings:
+        progress.say(f"    note: {w}")
+
+    # -- verify -----------------------------------------------------------------------
+    from lowlight.compile.plan import IMAGE_LAYOUTS
+
+    out_layouts = {o: l for c in plan.components for o, l in c.output_layouts.items()}
+    image_outputs = [o for o in plan.output_names if out_layouts.get(o, "other") in IMAGE_LAYOUTS]
+    artifact_call = _ort_call(finals)
+
+    def run_artifact(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_program(plan.program, artifact_call, feed, plan.output_names, plan.constants)
+
+    with progress.stage("verify", f"vs {plan.reference_label} on {len(verify_frames)} held-out frames from {verify_src}") as note:
+        feeds = plan.make_inputs(verify_frames, 1)
+        if not feeds:
+            raise CalibrationError(f"{verify_src} gave too few frames for one verification batch", "pass --verify-data with more frames")
+        reference = [plan.reference(f) for f in progress.bar(feeds, "reference")]
+        gt_feeds = gt = gt_ref = None
+        if gt_frames and image_outputs and plan.inputs[0].layout in ("BCHW", "BTCHW"):
+            gt_feeds, gt = _ground_truth_pairs(plan, gt_frames)
+            gt_ref = [plan.reference(f) for f in gt_feeds]
+        verification = verify(run_artifact, reference, feeds, opts.min_fidelity, opts.max_drop, image_outputs,
+                              gt_feeds, gt_ref, gt, precision=precision, reference_label=plan.reference_label)
+        note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
+            f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
         )
-        note["note"] = "cached" if hit else ""
+
+    # -- bundle, profile: both run in the partial folder; only a finished bundle is renamed into place
+    with staged_dir(out) as st:
+        with progress.stage("bundle", str(out)):
+            manifest = _write_bundle(st, out, plan, finals, floats, comp_reports, feeds, reference, verification, data,
+                                     warnings, target, precision, opts, cache, progress, reports)
+        profile = None
+        with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
+            from lowlight.compile.profile import profile_bundle
+
+            profile = profile_bundle(st, runs=opts.profile_runs)
+            note["note"] = f"p50 {profile['latency_ms']['p50']:.1f} ms, {profile['fps']:.1f} frames/s"
+        manifest = read_manifest(st)
+        commit_dir(st, out)
+    manifest.pop("report_warnings", None)
+    notes = list(plan.notes) + list(manifest.get("notes", []))
+    progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
+    return CompileResult(out, manifest, verification, profile, notes)
+
+
+def _record(plan: Any, feeds: list[dict[str, np.ndarray]], progress: Progress) -> dict[str, list[dict[str, np.ndarray]]]:
+    from lowlight.compile.plan import record_component_feeds
+
+    progress.say(f"    calibration: running the float program on {len(feeds)} sample(s) to collect every component's inputs")
+    return record_component_feeds(plan, feeds)
+
+
+def _ort_call(paths: dict[str, Path]) -> Any:
+    """`call(component, feeds)` over one onnxruntime session per component (opened once)."""
+    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    sessions: dict[str, Any] = {}
+
+    def call(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in sessions:
+            sessions[name] = OnnxRuntimeBackend(paths[name])
+        return dict(sessions[name].run(feeds))
+
+    return call
+
+
+def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache: StageCache, progress: Progress,
+                       opts: CompileOptions, calib_feeds: list[dict[str, np.ndarray]]) -> tuple[Path, Path, dict[str, Any]]:
+    """Export (or take the user's ONNX), simplify, lower and quantize one component; all cached by content hash."""
+    import onnx
+
+    from lowlight.compile.export import export_onnx, onnx_sha256
+    from lowlight.compile.graph import keep_float_nodes
+    from lowlight.compile.quantize import quantize_int8, to_fp16
+    from lowlight.compile.simplify import simplify
+
+    tag = f" [{comp.name}]" if len(plan.components) > 1 else ""
+    report: dict[str, Any] = {}
+    # -- export -----------------------------------------------------------------------
+    if comp.onnx is not None:
+        exported = Path(comp.onnx)
+        _fix_input_shapes = {t.name: t.shape for t in comp.inputs}
+        with progress.stage("export", f"given as ONNX ({exported.name}){tag}") as note:
+            exported, hit = cache.run("import", onnx_sha256(exported), {"shapes": _fix_input_shapes},
+                                      lambda d: _import_onnx(Path(comp.onnx), _fix_input_shapes, d / "model.onnx"), "model.onnx")
+            note["note"] = "cached" if hit else "no export needed"
+    else:
+        example = {t.name: np.random.default_rng(0).random(t.shape, dtype=np.float32) for t in comp.inputs}
+        # the model's weights and source are part of the key: editing the model must not reuse a stale export
+        key = dict(plan.cache_identity, component=comp.name)
+        with progress.stage("export", f"torch.onnx (dynamo){tag} at {'x'.join(map(str, comp.inputs[0].shape))}") as note:
+            exported, hit = cache.run("export", str(key.get("weights")), key,
+                                      lambda d: export_onnx(comp.module, example, comp.outputs, d / "model.onnx"), "model.onnx")
+            note["note"] = "cached" if hit else ""
 
     # -- simplify ---------------------------------------------------------------------
     def _simplify(d: Path) -> None:
         rep = simplify(exported, d / "model.onnx")
         (d / "simplify.json").write_text(json.dumps(rep, indent=1))
 
-    with progress.stage("simplify", "onnxsim, onnxslim fallback; checked on random inputs") as note:
-        simplified, hit = cache.run("simplify", file_sha256(exported), {}, _simplify, "model.onnx")
-        reports["simplify"] = json.loads((simplified.parent / "simplify.json").read_text())
-        note["note"] = ("cached, " if hit else "") + f"{reports['simplify']['tool']}, {reports['simplify']['nodes_before']} -> {reports['simplify']['nodes_after']} nodes"
+    with progress.stage("simplify", f"onnxsim, onnxslim fallback; checked on random inputs{tag}") as note:
+        simplified, hit = cache.run("simplify", onnx_sha256(exported), {}, _simplify, "model.onnx")
+        report["simplify"] = json.loads((simplified.parent / "simplify.json").read_text())
+        note["note"] = ("cached, " if hit else "") + f"{report['simplify']['tool']}, {report['simplify']['nodes_before']} -> {report['simplify']['nodes_after']} nodes"
 
     # -- lower ------------------------------------------------------------------------
     passes = target.lowering_passes()
-    simplified_model = onnx.load(str(simplified))
-    spectral = spectral_tensors(simplified_model)
-    before = all_tensor_names(simplified_model)
 
     def _lower(d: Path) -> None:
         m = onnx.load(str(simplified))
@@ -187,35 +296,28 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
         else:
             (d / "raw.onnx").rename(d / "model.onnx")
 
-    with progress.stage("lower", ", ".join(n for n, _ in passes) or "nothing to do for this target") as note:
+    with progress.stage("lower", (", ".join(n for n, _ in passes) or "nothing to do for this target") + tag) as note:
         lowered, hit = cache.run(
-            "lower", file_sha256(simplified), {"target": target.name, "trt": getattr(target, "trt_version", None), "passes": [n for n, _ in passes]}, _lower, "model.onnx"
+            "lower", onnx_sha256(simplified), {"target": target.name, "trt": getattr(target, "trt_version", None), "passes": [n for n, _ in passes]}, _lower, "model.onnx"
         )
         note["note"] = "cached" if hit else ""
-    lowered_model = onnx.load(str(lowered))
-    keep_float = float_nodes(lowered_model, spectral, before if passes else set())
-    keep_float += [n for n in boundary_convs(lowered_model) if n not in keep_float]
+    keep_float = keep_float_nodes(onnx.load(str(lowered)), plan.keep_float, onnx.load(str(simplified)) if passes else None)
 
     # -- quantize ---------------------------------------------------------------------
-    with progress.stage("quantize", f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) as note:
+    with progress.stage("quantize", (f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) + tag) as note:
         if precision == "fp32":
             final = lowered
-            reports["quantize"] = {"precision": "fp32"}
+            report["quantize"] = {"precision": "fp32"}
         elif precision == "fp16":
-            final, hit = cache.run("fp16", file_sha256(lowered), {"keep": keep_float}, lambda d: to_fp16(lowered, d / "model.onnx", keep_float), "model.onnx")
-            reports["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float)}
+            final, hit = cache.run("fp16", onnx_sha256(lowered), {"keep": keep_float}, lambda d: to_fp16(lowered, d / "model.onnx", keep_float), "model.onnx")
+            report["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float)}
             note["note"] = "cached" if hit else ""
         else:
-            calib_feeds = fam.make_inputs(calib_frames, shape, config, **fopts)
             if not calib_feeds:
-                raise CalibrationError(
-                    f"{calib_src} gave {len(calib_frames)} frame(s), too few to make one calibration batch of shape {shape}",
-                    "add frames to the calibration folder (16 or more is better), or lower the batch size in --shape",
-                )
-
+                raise CalibrationError(f"component {comp.name!r} got no calibration samples", "pass more --calib frames")
             quantizer = quantize_int8
-            if fam.quantize_branches:
-                from lowlight.models.gmmoe_qdq import quantize_int8_with_ifs as quantizer
+            if plan.quantize_branches:
+                from lowlight.compile.quantize_branches import quantize_int8_with_ifs as quantizer
 
             def _int8(d: Path) -> None:
                 rep = quantizer(
@@ -225,129 +327,186 @@ def _build(opts: CompileOptions, fam: Any, config: str, fopts: dict[str, str], t
                 (d / "quantize.json").write_text(json.dumps(rep, indent=1))
 
             final, hit = cache.run(
-                "int8", file_sha256(lowered),
-                {"flavour": target.qdq_flavour, "calib": _frames_hash(calib_frames), "engine": opts.int8_engine, "keep": keep_float, "shape": shape},
+                "int8", onnx_sha256(lowered),
+                {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": keep_float},
                 _int8, "model.onnx",
             )
-            reports["quantize"] = json.loads((final.parent / "quantize.json").read_text())
-            note["note"] = ("cached, " if hit else "") + f"engine {reports['quantize']['engine']}, {len(calib_feeds)} calibration samples from {calib_src}"
-    final_model = onnx.load(str(final))
-    warnings = target.check_graph(final_model, {"dla": opts.dla, "precision": precision})
-    for w in warnings:
-        progress.say(f"    note: {w}")
-
-    # -- verify -----------------------------------------------------------------------
-    with progress.stage("verify", f"vs FP32 PyTorch on {len(verify_frames)} held-out frames from {verify_src}") as note:
-        feeds = fam.make_inputs(verify_frames, shape, config, seed=1, **fopts)
-        if not feeds:
-            raise CalibrationError(f"{verify_src} gave too few frames for one verification batch", "pass --verify-data with more frames")
-        reference = torch_outputs(module, feeds)
-        gt_feeds = gt = gt_ref = None
-        if gt_frames:
-            gt_feeds, gt = _ground_truth_pairs(fam, gt_frames, shape, config, fopts)
-            gt_ref = torch_outputs(module, gt_feeds)
-        verification = verify(
-            final, reference, feeds, opts.min_fidelity, opts.max_drop, gt_feeds, gt_ref, gt, precision=precision
-        )
-        note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
-            f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
-        )
-
-    # -- bundle, profile: both run in the partial folder; only a finished bundle is renamed into place
-    with staged_dir(out) as st:
-        with progress.stage("bundle", str(out)):
-            shutil.copyfile(final, st / "model.onnx")
-            n_ref = min(2, len(feeds))
-            np.savez_compressed(
-                st / "reference.npz",
-                **{f"input:{k}": np.stack([f[k] for f in feeds[:n_ref]]) for k in feeds[0]},
-                **{f"output:{fam.output_names[0]}": np.stack(reference[:n_ref])},
-            )
-            (st / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
-            (st / "verification.md").write_text(to_markdown(verification, f"Verification: {opts.model} {config}, {target.name}, {precision}", data=data.record()))
-            context = {
-                "model_path": str(st / "model.onnx"),
-                "float_model_path": str(lowered),
-                "precision": precision,
-                "input_shapes": {k: list(v) for k, v in input_shapes.items()},
-                "output_names": [fam.output_names[0]],
-                "reference_path": str(st / "reference.npz"),
-                "cache_dir": str(cache.root),
-                "dla": opts.dla,
-                "verify": {"min_fidelity": opts.min_fidelity},
-            }
-            extra = target.finish_bundle(str(st), context)
-            manifest = {
-                "name": out.name,
-                "model": "model.onnx",
-                "family": opts.model,
-                "config": config,
-                "family_options": fopts,
-                "checkpoint": {"path": str(ckpt) if ckpt else None, "sha256": ckpt_hash, "reference_weights": opts.checkpoint is None},
-                "target": target.name,
-                "runtime": target.runtime,
-                "precision": precision,
-                "qdq_flavour": target.qdq_flavour if precision == "int8" else None,
-                "inputs": [{"name": k, "shape": list(v), "dtype": "float32", "range": [0.0, 1.0]} for k, v in input_shapes.items()],
-                "outputs": [{"name": fam.output_names[0], "shape": list(reference[0].shape), "dtype": "float32", "range": [0.0, 1.0]}],
-                "layout": "clip" if len(next(iter(input_shapes.values()))) == 5 else "image",
-                "reference": "reference.npz",
-                "ops": op_counts(final_model),
-                "stages": {"seconds": progress.timings, **reports},
-                "verification": {k: v for k, v in verification.items() if k != "per_sample"},
-                "data": data.record(),
-                "warnings": warnings,
-                "tools": tool_versions(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            manifest.update(extra)
-            manifest = write_manifest(st, manifest)
-
-        profile = None
-        with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
-            from lowlight.compile.profile import profile_bundle
-
-            profile = profile_bundle(st, runs=opts.profile_runs)
-            note["note"] = f"p50 {profile['latency_ms']['p50']:.1f} ms, {profile['fps']:.1f} frames/s"
-        manifest = read_manifest(st)
-        commit_dir(st, out)
-    manifest.pop("report_warnings", None)
-    notes += list(manifest.get("notes", []))
-    progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
-    return CompileResult(out, manifest, verification, profile, notes)
+            report["quantize"] = json.loads((final.parent / "quantize.json").read_text())
+            note["note"] = ("cached, " if hit else "") + f"engine {report['quantize']['engine']}, {len(calib_feeds)} calibration samples"
+    return final, lowered, report
 
 
-def _code_hash(model: Any) -> str:
-    """sha256 of the source files that define `model` and the export translations."""
-    import hashlib
-    import inspect
+def _import_onnx(src: Path, shapes: dict[str, tuple[int, ...]], dst: Path) -> None:
+    """A user's ONNX with its dynamic input dimensions fixed to `shapes` (static shapes: what TensorRT and our passes need)."""
+    import onnx
 
-    import lowlight.compile.export as export_mod
+    from lowlight.compile.export import save_onnx
+    from lowlight.compile.graph import name_nodes
 
-    files = {inspect.getsourcefile(type(m)) for m in model.modules()} | {inspect.getsourcefile(export_mod)}
+    m = onnx.load(str(src))
+    for i in m.graph.input:
+        if i.name in shapes:
+            for d, v in zip(i.type.tensor_type.shape.dim, shapes[i.name]):
+                d.ClearField("dim_param")
+                d.dim_value = int(v)
     try:
-        import lowlight.kernels.onnx_export as kx
-
-        files.add(inspect.getsourcefile(kx))
-    except ImportError:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # shapes are a help for later passes, not a requirement
         pass
+    save_onnx(name_nodes(m), dst)
+
+
+def _feeds_hash(feeds: list[dict[str, np.ndarray]]) -> str:
+    import hashlib
+
     h = hashlib.sha256()
-    for f in sorted(p for p in files if p):
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()[:16]
+    for f in feeds:
+        for k, v in f.items():
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(v).tobytes()[::97])  # sparse sample: fast, still content-sensitive
+            h.update(str(v.shape).encode())
+    return h.hexdigest()
 
 
-def _ground_truth_pairs(fam: Any, clean_frames: list[np.ndarray], shape: str, config: str, fopts: dict[str, str]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], floats: dict[str, Path], comp_reports: dict[str, Any],
+                  feeds: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], verification: dict[str, Any],
+                  data: Any, warnings: list[str], target: Any, precision: str, opts: CompileOptions, cache: StageCache,
+                  progress: Progress, reports: dict[str, Any]) -> dict[str, Any]:
+    """Copy every component into the partial folder and write the manifest (format 2)."""
+    import onnx
+
+    from lowlight.compile.export import onnx_files
+    from lowlight.compile.graph import op_counts
+    from lowlight.compile.verify import to_markdown
+    from lowlight.core.bundle import write_manifest
+    from lowlight.core.errors import TargetError
+
+    single = len(plan.components) == 1
+    components: dict[str, Any] = {}
+    ops: dict[str, int] = {}
+    for comp in plan.components:
+        fname = "model.onnx" if single else f"{comp.name}.onnx"
+        src_files = onnx_files(finals[comp.name])
+        ext = []
+        for f in src_files:
+            dst = st / (fname if f == src_files[0] else fname + ".data")
+            shutil.copyfile(f, dst)
+            if f != src_files[0]:
+                ext.append(dst.name)
+        if ext:  # the copied graph must point at its renamed data file
+            from lowlight.compile.export import save_onnx
+
+            save_onnx(onnx.load(str(st / fname)), st / fname)
+            ext = [p.name for p in onnx_files(st / fname)[1:]]
+        counts = op_counts(onnx.load(str(st / fname), load_external_data=False))
+        for k, v in counts.items():
+            ops[k] = ops.get(k, 0) + v
+        shapes = {o: reference[0][o].shape for o in comp.outputs if o in reference[0]}
+        components[comp.name] = {
+            "file": fname, "external_data": ext, "precision": comp.precision or precision,
+            "inputs": [t.to_manifest() for t in comp.inputs],
+            "outputs": [{"name": o, "shape": list(shapes.get(o, ())) or [1], "dtype": "float32", "layout": comp.output_layouts.get(o, "other")}
+                        for o in comp.outputs],
+            "ops": counts, "stages": comp_reports[comp.name],
+        }
+    # internal outputs' shapes come from the float program; the program outputs' from the reference
+    _fill_internal_shapes(plan, components, feeds[0])
+    n_ref = min(2, len(feeds))
+    np.savez_compressed(
+        st / "reference.npz",
+        **{f"input:{k}": np.stack([f[k] for f in feeds[:n_ref]]) for k in feeds[0]},
+        **{f"output:{o}": np.stack([r[o] for r in reference[:n_ref]]) for o in plan.output_names},
+    )
+    if plan.constants:
+        np.savez(st / "constants.npz", **plan.constants)
+    (st / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
+    (st / "verification.md").write_text(to_markdown(verification, f"Verification: {plan.name} {plan.config}, {target.name}, {precision}", data=data.record()))
+    extra: dict[str, Any] = {}
+    if target.runtime == "tensorrt":
+        if not single:
+            raise TargetError(
+                f"{plan.name} compiles to {len(plan.components)} components; TensorRT build plans are made for one graph per bundle so far",
+                "use the family's unrolled form (one graph), or --target cpu",
+            )
+        comp = plan.components[0]
+        context = {
+            "model_path": str(st / "model.onnx"),
+            "float_model_path": str(floats[comp.name]),
+            "precision": precision,
+            "input_shapes": {t.name: list(t.shape) for t in comp.inputs},
+            "output_names": list(comp.outputs),
+            "reference_path": str(st / "reference.npz"),
+            "cache_dir": str(cache.root),
+            "dla": opts.dla,
+            "verify": {"min_fidelity": opts.min_fidelity},
+        }
+        extra = target.finish_bundle(str(st), context)
+    out_layouts = {o: l for c in plan.components for o, l in c.output_layouts.items()}
+    manifest: dict[str, Any] = {
+        "name": out.name,
+        **({"model": "model.onnx"} if single else {}),
+        **plan.record,
+        "components": components,
+        "program": plan.program,
+        **({"constants": "constants.npz"} if plan.constants else {}),
+        "target": target.name,
+        "runtime": target.runtime,
+        "precision": precision,
+        "qdq_flavour": target.qdq_flavour if precision == "int8" else None,
+        "inputs": [t.to_manifest() for t in plan.inputs],
+        "outputs": [{"name": o, "shape": list(reference[0][o].shape), "dtype": str(reference[0][o].dtype),
+                     "layout": out_layouts.get(o, "other"), **({"range": [0.0, 1.0]} if out_layouts.get(o) in ("BCHW", "BTCHW") else {})}
+                    for o in plan.output_names],
+        "layout": plan.inputs[0].layout,
+        "reference": "reference.npz",
+        "ops": dict(sorted(ops.items())),
+        "stages": {"seconds": progress.timings, **reports, **({"components": {k: v for k, v in comp_reports.items()}} if not single else comp_reports[plan.components[0].name])},
+        "verification": {k: v for k, v in verification.items() if k != "per_sample"},
+        "data": data.record(),
+        "warnings": warnings,
+        "notes": list(plan.notes),
+        "tools": tool_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    manifest.update(extra)
+    return write_manifest(st, manifest)
+
+
+def _fill_internal_shapes(plan: Any, components: dict[str, Any], feed: dict[str, np.ndarray]) -> None:
+    """Output shapes of every component, from one float run of the program (internal values have no reference)."""
+    from lowlight.core.program import run_program
+
+    if plan.float_call is None:
+        return
+    shapes: dict[str, dict[str, list[int]]] = {}
+    dtypes: dict[str, dict[str, str]] = {}
+
+    def call(name: str, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = plan.float_call(name, f)
+        shapes.setdefault(name, {k: list(v.shape) for k, v in outs.items()})
+        dtypes.setdefault(name, {k: str(v.dtype) for k, v in outs.items()})
+        return outs
+
+    run_program(plan.program, call, feed, plan.output_names, plan.constants)
+    for name, comp in components.items():
+        for o in comp["outputs"]:
+            if name in shapes and o["name"] in shapes[name]:
+                o["shape"] = shapes[name][o["name"]]
+                o["dtype"] = dtypes[name][o["name"]]
+
+
+def _ground_truth_pairs(plan: Any, clean_frames: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     """Synthetic (low-light input, clean target) pairs from clean photos, with the training degradation."""
     from lowlight.calibration.degrade import degrade_clip
 
     rng = np.random.default_rng(7)
-    clean = fam.make_inputs(clean_frames, shape, config, seed=2, **fopts)
+    name = plan.inputs[0].name
+    clean = plan.make_inputs(clean_frames, 2)
     feeds, gts = [], []
     for feed in clean:
-        rgb = feed["rgb"]
+        rgb = feed[name]
         flat = rgb.reshape(-1, *rgb.shape[-3:]).transpose(0, 2, 3, 1)  # frames x H x W x 3
         low = degrade_clip(flat, rng).transpose(0, 3, 1, 2).reshape(rgb.shape)
-        feeds.append({**feed, "rgb": low.astype(np.float32)})
+        feeds.append({**feed, name: low.astype(np.float32)})
         gts.append(rgb)
     return feeds, gts

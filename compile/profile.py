@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from lowlight.core.bundle import read_manifest
+from lowlight.core.bundle import as_program_manifest, bundle_path, read_manifest
+from lowlight.runtime.session import Session
+from lowlight.runtime.session import load as load_session
 
 
 def _feeds(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -27,9 +29,17 @@ def _feeds(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
     return {i["name"]: rng.random(i["shape"], dtype=np.float32) for i in manifest["inputs"]}
 
 
-def top_operators(profile_file: str, top: int = 10) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(by op type, by node) from an onnxruntime profile: total microseconds per run-averaged call."""
-    events = json.loads(Path(profile_file).read_text())
+def frames_per_run(tensor: dict[str, Any]) -> int:
+    """Frames one run enhances, from the first input's declared layout (BTCHW: B*T; else the batch)."""
+    shape = tensor["shape"]
+    layout = tensor.get("layout") or ("BTCHW" if len(shape) == 5 else "BCHW")
+    return int(shape[0] * shape[1]) if layout == "BTCHW" else int(shape[0])
+
+
+def top_operators(profile_files: str | list[str], top: int = 10) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(by op type, by node) from onnxruntime profiles (one per component): total microseconds per run-averaged call."""
+    files = [profile_files] if isinstance(profile_files, str) else list(profile_files)
+    events = [e for f in files for e in json.loads(Path(f).read_text())]
     by_type: dict[str, float] = defaultdict(float)
     by_node: dict[str, float] = defaultdict(float)
     op_of: dict[str, str] = {}
@@ -75,22 +85,28 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
                 f"pass --no-save to only print the measurement, or copy the bundle somewhere writable (cp -r {root} /tmp/)",
             ) from None
     feeds = _feeds(root, manifest)
-    backend = OnnxRuntimeBackend(root / manifest["model"], threads=threads)
+    # The whole program (every component, every step) is what a frame costs.
+    sess = load_session(root, backend="onnxruntime", verbose=False, threads=threads)
     for _ in range(warmup):
-        backend.run(feeds)
+        sess.run(**feeds)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        backend.run(feeds)
+        sess.run(**feeds)
         times.append(time.perf_counter() - t0)
     ms = np.array(times) * 1e3
     shape = manifest["inputs"][0]["shape"]
-    frames = int(np.prod(shape[:2])) if len(shape) == 5 else int(shape[0])
+    frames = frames_per_run(manifest["inputs"][0])
     with tempfile.TemporaryDirectory() as tmp:
-        prof = OnnxRuntimeBackend(root / manifest["model"], threads=threads, profile_prefix=os.path.join(tmp, "ort"))
+        profiled = {
+            name: OnnxRuntimeBackend(bundle_path(root, manifest, comp["file"]), threads=threads, profile_prefix=os.path.join(tmp, name))
+            for name, comp in as_program_manifest(manifest)["components"].items()
+        }
+        profiled_sess = Session(root, manifest, profiled, constants=sess.constants)
         for _ in range(3):
-            prof.run(feeds)
-        by_type, by_node = top_operators(prof.end_profiling())
+            profiled_sess.run(**feeds)
+        by_type, by_node = top_operators([b.end_profiling() for b in profiled.values()])
+    backend = sess.backend
     report: dict[str, Any] = {
         "host": _host(),
         "backend": backend.name,
@@ -120,6 +136,8 @@ def _roofline(root: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
         from lowlight.targets import get_target
     except ImportError:
         return None
+    if "model" not in manifest:
+        return None  # several components: the roofline reads one graph (per-program estimates are not made yet)
     target = get_target(manifest["target"], manifest.get("trt_version"))
     return estimate(str(root / manifest["model"]), target, manifest.get("precision", "fp32"))
 

@@ -179,7 +179,7 @@ def time_onnx(path: str | Path, feed: dict[str, np.ndarray], runs: int = 5) -> f
 
 def qdq_fidelity(float_path: str | Path, q_path: str | Path, feeds: list[dict[str, np.ndarray]]) -> float:
     """Mean PSNR (dB) of the quantized graph's outputs vs the float graph's."""
-    from lowlight.compile.metrics import psnr
+    from lowlight.core.metrics import psnr
 
     q, ref = onnx_runner(q_path), onnx_runner(float_path)
     return float(np.mean([psnr(q(f)[0], ref(f)[0]) for f in feeds]))

@@ -27,8 +27,8 @@ from typing import Any
 from lowlight.core.errors import BundleError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-SUPPORTED_FORMATS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
 
 #: Files that describe a bundle rather than run it: editable without invalidating the model.
 REPORT_SUFFIXES = {".md", ".html", ".csv", ".txt", ".png", ".svg"}
@@ -72,7 +72,8 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> dict[str, Any]
     root = Path(root)
     body = {k: v for k, v in manifest.items() if k not in ("files", "reports", "format_version", "report_warnings")}
     files, reports = hash_files(root)
-    out = dict(body, format_version=FORMAT_VERSION, files=files, reports=reports)
+    # A bundle from before components keeps format 1 when profile or build-engine rewrite it.
+    out = dict(body, format_version=FORMAT_VERSION if "components" in body else 1, files=files, reports=reports)
     check_manifest(out, root)
     tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=2, sort_keys=False, default=str) + "\n")
@@ -150,14 +151,60 @@ def _hashes(root: Path | None, value: Any, key: str) -> dict[str, str]:
 
 
 def model_files(manifest: dict[str, Any]) -> list[str]:
-    """Files a backend loads: the ONNX model, the TensorRT engine if built, the reference data."""
-    names = [manifest["model"]]
+    """Files a backend loads: every component's ONNX (and external data), the engine, constants, reference data."""
+    names: list[str] = []
+    for comp in manifest.get("components", {}).values():
+        names.append(comp["file"])
+        names.extend(comp.get("external_data", []))
+    if not names and manifest.get("model"):
+        names.append(manifest["model"])
     engine = manifest.get("engine")
     if isinstance(engine, dict) and engine.get("file"):
         names.append(engine["file"])
-    if manifest.get("reference"):
-        names.append(manifest["reference"])
-    return names
+    for key in ("reference", "constants"):
+        if manifest.get(key):
+            names.append(manifest[key])
+    return list(dict.fromkeys(names))
+
+
+def _check_components(root: Path | None, manifest: dict[str, Any]) -> None:
+    """Format 2: `components` (each its own graph) and the `program` over them."""
+    from lowlight.core.program import check_program
+
+    comps = manifest.get("components")
+    if not isinstance(comps, dict) or not comps:
+        raise _err(root, "'components' must map component names to their graphs")
+    for name, c in comps.items():
+        if not isinstance(name, str) or not name or not isinstance(c, dict):
+            raise _err(root, f"component {_short(name)} must be an object")
+        c["file"] = _inside(root, c.get("file"), f"'components.{name}.file'")
+        ext = c.get("external_data", [])
+        if not isinstance(ext, list):
+            raise _err(root, f"'components.{name}.external_data' must be a list of file names")
+        c["external_data"] = [_inside(root, e, f"'components.{name}.external_data'") for e in ext]
+        _tensor_list(root, c.get("inputs"), f"components.{name}.inputs")
+        _tensor_list(root, c.get("outputs"), f"components.{name}.outputs")
+    if manifest.get("constants") is not None:
+        manifest["constants"] = _inside(root, manifest["constants"], "'constants'")
+    try:
+        check_program(manifest.get("program"), comps, [t["name"] for t in manifest["inputs"]], [t["name"] for t in manifest["outputs"]],
+                      input_shapes={t["name"]: t["shape"] for t in manifest["inputs"]},
+                      output_shapes={t["name"]: t["shape"] for t in manifest["outputs"]})
+    except BundleError as exc:
+        raise _err(root, exc.what) from None
+
+
+def as_program_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest (one `model`) seen as format 2: one component "model" and a program calling it."""
+    from lowlight.core.program import single_call_program
+
+    if "components" in manifest:
+        return manifest
+    m = dict(manifest)
+    m["components"] = {"model": {"file": m["model"], "external_data": [], "precision": m.get("precision"),
+                                 "inputs": m["inputs"], "outputs": m["outputs"]}}
+    m["program"] = single_call_program("model", [t["name"] for t in m["inputs"]], [t["name"] for t in m["outputs"]])
+    return m
 
 
 def check_manifest(manifest: Any, root: Path | None = None) -> dict[str, Any]:
@@ -174,9 +221,12 @@ def check_manifest(manifest: Any, root: Path | None = None) -> dict[str, Any]:
             f"bundle {root} has format version {_short(version, 40)}; this lowlight runtime reads {', '.join(map(str, SUPPORTED_FORMATS))}",
             "upgrade lowlight-compile on this machine, or recompile the bundle with the version installed here",
         )
-    manifest["model"] = _inside(root, manifest.get("model"), "'model'")
     _tensor_list(root, manifest.get("inputs"), "inputs")
     _tensor_list(root, manifest.get("outputs"), "outputs")
+    if version == 1 or "model" in manifest:
+        manifest["model"] = _inside(root, manifest.get("model"), "'model'")
+    if version >= 2:
+        _check_components(root, manifest)
     files = _hashes(root, manifest.get("files"), "files")
     reports = _hashes(root, manifest.get("reports", {}), "reports")
     engine = manifest.get("engine")

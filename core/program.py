@@ -65,8 +65,14 @@ def _bad(what: str) -> BundleError:
     )
 
 
-def check_program(program: Any, components: Mapping[str, Any], inputs: list[str], outputs: list[str], constants: Mapping[str, Any] | None = None) -> None:
-    """Validate a program statically: known ops and components, names defined before use, outputs produced."""
+def check_program(program: Any, components: Mapping[str, Any], inputs: list[str], outputs: list[str],
+                  constants: Mapping[str, Any] | None = None, input_shapes: Mapping[str, list[int]] | None = None,
+                  output_shapes: Mapping[str, list[int]] | None = None) -> None:
+    """Validate a program statically: known ops and components, each call fed exactly its component's
+    inputs, program inputs shaped as the components they feed, names defined before use, outputs produced."""
+    input_shapes = input_shapes or {}
+    output_shapes = output_shapes or {}
+    rebound: set[str] = set()
     if not isinstance(program, dict) or not isinstance(program.get("steps"), list) or not program["steps"]:
         raise _bad("'program' must be an object with a non-empty 'steps' list")
     seed = program.get("seed", 0)
@@ -90,13 +96,29 @@ def check_program(program: Any, components: Mapping[str, Any], inputs: list[str]
                 ins, outs = st.get("in"), st.get("out")
                 if not isinstance(ins, dict) or not isinstance(outs, dict) or not outs:
                     raise _bad(f"{at} needs 'in' and 'out' objects")
+                declared = components[comp].get("inputs") if isinstance(components[comp], dict) else None
+                if isinstance(declared, list):
+                    names = [t.get("name") for t in declared if isinstance(t, dict)]
+                    if sorted(names) != sorted(ins):
+                        raise _bad(f"{at} feeds {comp!r} with {sorted(ins)}, but it takes {names}")
+                    for t in declared:
+                        src = ins.get(t.get("name"))
+                        if src in input_shapes and src not in rebound and list(input_shapes[src]) != list(t.get("shape", [])):
+                            raise _bad(f"the manifest gives {src!r} shape {list(input_shapes[src])}, component {comp!r} takes {t.get('shape')}")
                 for src in ins.values():
                     if not isinstance(src, str) or src not in defined:
                         raise _bad(f"{at} reads {src!r} before anything defines it")
-                for dst in outs.values():
+                declared_out = components[comp].get("outputs") if isinstance(components[comp], dict) else None
+                out_shapes = {t.get("name"): t.get("shape") for t in declared_out if isinstance(t, dict)} if isinstance(declared_out, list) else {}
+                for k, dst in outs.items():
                     if not isinstance(dst, str) or not dst:
                         raise _bad(f"{at} writes to an invalid name {dst!r}")
+                    if out_shapes and k not in out_shapes:
+                        raise _bad(f"{at} reads output {k!r} of {comp!r}, which has {sorted(out_shapes)}")
+                    if dst in output_shapes and out_shapes and list(output_shapes[dst]) != list(out_shapes[k] or []):
+                        raise _bad(f"the manifest gives output {dst!r} shape {list(output_shapes[dst])}, component {comp!r} makes {out_shapes[k]}")
                     defined.add(dst)
+                    rebound.add(dst)
             elif op == "const":
                 name, out = st.get("name"), st.get("out")
                 if not isinstance(name, str) or (const_names is not None and name not in const_names):

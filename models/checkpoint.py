@@ -176,15 +176,15 @@ def _pickle_globals(path: Path) -> tuple[int, list[str]]:
             try:
                 for op, arg, _pos in pickletools.genops(stream):
                     if op.name == "PROTO":
-                        protocol = max(protocol, int(arg))
+                        protocol = max(protocol, int(arg or 0))
                     elif "UNICODE" in op.name or "STRING" in op.name:
                         pushed.append(arg)
                     elif op.name == "MEMOIZE":
                         memo[len(memo)] = pushed[-1] if pushed else None
                     elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                        memo[int(arg)] = pushed[-1] if pushed else None
+                        memo[int(arg or 0)] = pushed[-1] if pushed else None
                     elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                        pushed.append(memo.get(int(arg)))
+                        pushed.append(memo.get(int(arg or 0)))
                     elif op.name == "GLOBAL":
                         found.append(str(arg).replace(" ", ".", 1))
                         pushed.append(None)

@@ -196,6 +196,33 @@ class Family:
         """
         return dict(options)
 
+    def trained_options(self, checkpoint: str | Path | None, config: str) -> dict[str, str]:
+        """How a checkpoint was trained, as option values: safetensors metadata
+        `lowlight.trained_options` (JSON), else `trained_options` in the JSON beside
+        the weights (`NAME.json`); {} when the checkpoint does not say."""
+        import json
+
+        path = Path(checkpoint) if checkpoint else self.weights_path(config)
+        if path is None or not path.is_file():
+            return {}
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), "np") as f:
+                    meta = f.metadata() or {}
+                if "lowlight.trained_options" in meta:
+                    return {str(k): str(v) for k, v in json.loads(meta["lowlight.trained_options"]).items()}
+            except Exception:  # unreadable metadata: the load itself reports a damaged file
+                pass
+        side = path.with_suffix(".json")
+        try:
+            info = json.loads(side.read_text()) if side.is_file() else {}
+        except (OSError, ValueError):
+            info = {}
+        got = info.get("trained_options") if isinstance(info, dict) else None
+        return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
+
     def infer_config(self, state: dict[str, Any]) -> Any:
         """A config name or object that fits a checkpoint's tensors (`--config auto`); None: not inferable."""
         return None
@@ -239,6 +266,7 @@ class Family:
 # -- discovery ------------------------------------------------------------------------------
 
 _FAMILIES: dict[str, Family] = {}
+_USER: dict[str, Family] = {}
 _DISCOVERED = False
 
 
@@ -287,7 +315,10 @@ def discover() -> None:
 def get_family(name: str) -> Family:
     """The family `name` (built-in or entry point), or `path/to/file.py:Name` (a user's model file)."""
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
-        return load_model_file(name)
+        key = str(Path(name.rsplit(":", 1)[0]).resolve()) + ":" + name.rsplit(":", 1)[1]
+        if key not in _USER:  # imported once: the file runs once per process
+            _USER[key] = load_model_file(name)
+        return _USER[key]
     discover()
     if name not in _FAMILIES:
         raise LowlightError(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lowlight.calibration.data import shared_data_dir
 from lowlight.calibration.degrade import degrade_clip, event_voxels, motion_clip, pseudo_ir
 from lowlight.calibration.frames import load_frames
-from lowlight.compile.metrics import psnr, ssim
+from lowlight.core.metrics import psnr, ssim
 from lowlight.models.amnet import AUX, CONFIGS, AMNet
 from lowlight.models.family import WEIGHTS_DIR
 

@@ -109,7 +109,7 @@ def dropped_experts(model: GMMoE, x: torch.Tensor) -> list[int]:
 @torch.no_grad()
 def evaluate(model: GMMoE, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """PSNR/SSIM on held-out pairs: the input, dense and top-2; and how often each expert is dropped."""
-    from lowlight.compile.metrics import psnr, ssim
+    from lowlight.core.metrics import psnr, ssim
 
     was_training, mode = model.training, model.experts_mode
     model.eval()
@@ -238,7 +238,12 @@ def train(
                    params=sum(p.numel() for p in model.parameters()),
                    heldout_photos=[p.name for p in held])
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    # How it was trained travels with the weights: verification compares a top-2 bundle
+    # with the top-2 model only if top-2 is what was trained (Family.reference_options).
+    trained = {"experts": "top2" if top2_steps else "dense"}
+    metrics["trained_options"] = trained
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
+              metadata={"lowlight.trained_options": json.dumps(trained)})
     out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2), flush=True)
     print(f"wrote {out}", flush=True)

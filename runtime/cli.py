@@ -2,30 +2,91 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import shutil
 import sys
-import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from lowlight.core.errors import InputError, LowlightError
-from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, read_image, read_video_frames, video_info, write_image
+from lowlight.core.errors import BundleError, InputError, LowlightError, OutputError
+from lowlight.runtime.io import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    VideoFileWriter,
+    check_video_encoder,
+    fit_frame,
+    read_image,
+    read_video_frames,
+    video_info,
+    write_image,
+)
+
+#: Marker file of an output folder this tool wrote: lets a later run replace it, and tells the user what is in it.
+MARKER = "lowlight-run.json"
+OUT_FOLDER = f"a lowlight-run output folder (it has no {MARKER})"
 
 
-def source_frames(path: Path) -> tuple[Iterator[np.ndarray], int, float]:
-    """(frames, count, fps) from a folder of images or a video."""
+def darken_factor(text: str) -> float:
+    """argparse type for --darken: a finite factor in (0, 1]; anything else would not make a darker frame."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not check_darken(value):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number in (0, 1] (it multiplies every input pixel to fake night, e.g. 0.25), got {text}"
+        )
+    return value
+
+
+def check_darken(value: float | None) -> bool:
+    """True for None (no darkening) or a finite factor in (0, 1]: 0, negatives and NaN blank the frame, >1 brightens it."""
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1)
+
+
+@dataclass
+class Source:
+    """The footage to enhance: `frames` yields (label, frame or None, why it is unreadable)."""
+
+    path: Path
+    kind: str  # "folder" or "video"
+    frames: Iterator[tuple[str, np.ndarray | None, str | None]]
+    count: int  # image files found, or the frames the video container declares (0 = unknown)
+    fps: float
+
+
+def open_source(path: Path) -> Source:
+    """Check the input and open it; raises InputError before any work if it cannot be used."""
+    if not path.exists():
+        raise InputError(f"--input {path} does not exist", "check the path: pass a folder of PNG/JPEG frames or a video file")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        except OSError as exc:
+            raise InputError(f"cannot list --input {path} ({exc.strerror or exc})", "check the folder's permissions") from None
         if not files:
             raise InputError(f"input folder {path} has no images", "pass a folder of PNG/JPEG frames or a video")
-        return (read_image(f) for f in files), len(files), 10.0
+        return Source(path, "folder", _image_frames(files), len(files), 10.0)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         fps, count, _, _ = video_info(path)
-        return read_video_frames(path), count, fps
+        return Source(path, "video", ((f"frame {i}", f, None) for i, f in enumerate(read_video_frames(path))), count, fps)
     raise InputError(f"input {path} is neither a folder nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})", "pass --input DIR|VIDEO")
+
+
+def _image_frames(files: list[Path]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """Each file decoded, or None with the reason: one bad frame must not cost the others."""
+    for f in files:
+        try:
+            yield f.name, read_image(f), None
+        except LowlightError as exc:
+            yield f.name, None, exc.what
+        except OSError as exc:  # e.g. a file that vanished or lost its permissions after the listing
+            yield f.name, None, f"cannot read {f} ({exc.strerror or exc})"
 
 
 def group(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -39,13 +100,86 @@ def group(frames: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]
         yield buf
 
 
-def enhance(bundle: str, input_path: str, output_path: str, darken: float | None = None, backend: str = "auto", quiet: bool = False) -> int:
-    """Enhance every frame of `input_path` into `output_path`; returns the number of frames written."""
-    from tqdm import tqdm
+@dataclass
+class RunResult:
+    """What a run wrote and what it could not read (also in the output folder's lowlight-run.json)."""
 
+    output: Path
+    written: int
+    expected: int  # frames the input promised: image files, or the video container's count (0 = unknown)
+    decoded: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (frame, why) not enhanced
+    backend: str = ""
+
+    @property
+    def truncated(self) -> str | None:
+        """Why the video input is shorter than its container says, or None."""
+        if self.expected and self.decoded + len(self.skipped) < self.expected:
+            return f"the container says {self.expected} frames, only {self.decoded} decoded"
+        return None
+
+    def summary(self) -> str:
+        line = f"wrote {self.written} enhanced frames to {self.output}"
+        if self.skipped:
+            names = ", ".join(name for name, _ in self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            line += f"; skipped {len(self.skipped)} of {self.expected} frames that could not be read ({names})"
+        if self.truncated:
+            line += f"; the input video is truncated: {self.truncated}"
+        if (self.skipped or self.truncated) and self.output.is_dir():
+            line += f" (details in {self.output / MARKER})"
+        return line
+
+
+def _load_session(bundle: str, backend: str, quiet: bool):  # type: ignore[no-untyped-def]
+    """`load()` with every failure as a LowlightError: a missing backend package, unreadable files, a broken model."""
     from lowlight.runtime.session import load
 
-    sess = load(bundle, backend=backend, verbose=not quiet)
+    try:
+        return load(bundle, backend=backend, verbose=not quiet)
+    except (LowlightError, MemoryError):
+        raise
+    except ImportError as exc:
+        raise InputError(f"cannot load a runtime backend: {exc}", "install onnxruntime (pip install onnxruntime), or TensorRT on the device") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {bundle} ({exc.strerror or exc})", "check the bundle path and its permissions") from None
+    except Exception as exc:  # noqa: BLE001 - backends raise their own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BundleError(f"cannot load bundle {bundle}: {first}", "recompile the bundle, or copy it again from where it was built") from None
+
+
+def enhance(
+    bundle: str,
+    input_path: str,
+    output_path: str,
+    darken: float | None = None,
+    backend: str = "auto",
+    quiet: bool = False,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
+) -> RunResult:
+    """Enhance every frame of `input_path` into `output_path` (a folder of PNGs, or a video by its suffix).
+
+    Every check (input, output path, bundle, video encoder) runs before the
+    first frame: a mistake costs no time and writes nothing. The output is
+    built beside its path and renamed into place at the end, so a failed or
+    interrupted run leaves a previous output as it was. An existing output is
+    replaced only if it is an empty folder or one this tool wrote (`MARKER`),
+    or with `overwrite`; never the input or the bundle. Unreadable frames are
+    skipped and counted, or stop the run with `strict`.
+    """
+    from lowlight.core.fsio import OutputLock, claim_dir, claim_file, remove_stale
+
+    if not check_darken(darken):
+        raise InputError(f"darken must be a finite number in (0, 1], got {darken!r}", "pass e.g. darken=0.25 (it multiplies the input to fake night), or None")
+    src, out = Path(input_path), Path(output_path)
+    to_video = out.suffix.lower() in VIDEO_SUFFIXES
+    source = open_source(src)
+    if to_video:
+        claim_file(out, "a video file", "--output", overwrite=overwrite, inputs=[src, bundle])
+    else:
+        claim_dir(out, MARKER, OUT_FOLDER, "--output", overwrite=overwrite, inputs=[src, bundle])
+    sess = _load_session(bundle, backend, quiet)
     names = list(sess.inputs)
     if names != ["rgb"]:
         raise InputError(
@@ -53,71 +187,166 @@ def enhance(bundle: str, input_path: str, output_path: str, darken: float | None
             "compile with --modalities rgb, or call lowlight.runtime.load(bundle) from Python with every input",
         )
     shape = sess.inputs["rgb"]
+    if to_video:
+        check_video_encoder(out.suffix, source.fps, (shape[-1], shape[-2]))
+    result = RunResult(out, 0, source.count, 0, backend=sess.backend_name)
+    with OutputLock(out, "--output"):
+        for p in remove_stale(out):
+            if not quiet:
+                print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
+        if to_video:
+            _run_to_video(sess, source, out, result, shape, darken, strict, quiet)
+        else:
+            _run_to_folder(sess, source, out, result, shape, darken, strict, quiet, bundle)
+    return result
+
+
+def _good_frames(source: Source, result: RunResult, strict: bool, out: Path) -> Iterator[np.ndarray]:
+    """The decodable frames; bad ones are recorded in `result` (or stop the run with --strict)."""
+    for label, frame, why in source.frames:
+        if frame is None:
+            if strict:
+                raise InputError(
+                    f"{label} of {source.path} cannot be read: {why}; stopped (--strict), {_kept(out)}",
+                    "replace or remove that frame, or run without --strict to skip unreadable frames (they are counted and reported)",
+                )
+            result.skipped.append((label, str(why)))
+            continue
+        result.decoded += 1
+        yield frame
+
+
+def _enhanced(sess, source: Source, result: RunResult, shape: list[int], darken: float | None, strict: bool, quiet: bool, out: Path) -> Iterator[np.ndarray]:  # type: ignore[no-untyped-def]
+    """Enhanced HxWx3 frames in input order, clip by clip (the tail clip padded with its last frame)."""
+    from tqdm import tqdm
+
     clip = len(shape) == 5  # [B,T,3,H,W] video model, else [B,3,H,W] image model
     b, t = (shape[0], shape[1]) if clip else (shape[0], 1)
     h, w = shape[-2], shape[-1]
-    src, out = Path(input_path), Path(output_path)
-    frames, count, fps = source_frames(src)
-    to_video = out.suffix.lower() in VIDEO_SUFFIXES
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    writer = None
-    written = 0
+    bar = tqdm(total=source.count or None, desc=f"enhance ({sess.backend_name})", unit="frame", disable=quiet)
     try:
-        if to_video:
-            import cv2
-
-            writer = cv2.VideoWriter(str(tmp / f"video{out.suffix}"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        bar = tqdm(total=count or None, desc=f"enhance ({sess.backend_name})", unit="frame", disable=quiet)
-        for chunk in group(frames, b * t):
+        for chunk in group(_good_frames(source, result, strict, out), b * t):
             n = len(chunk)
             x = np.stack([fit_frame(f, h, w) for f in chunk] + [fit_frame(chunk[-1], h, w)] * (b * t - n))  # pad the tail
             if darken is not None:
                 x = np.clip(x * darken, 0, 1)
             x = x.transpose(0, 3, 1, 2).reshape(shape).astype(np.float32)
             y = sess(rgb=x).reshape(b * t, 3, h, w).transpose(0, 2, 3, 1)[:n]
-            for frame in y:
-                if writer is not None:
-                    writer.write(cv2.cvtColor((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR))
-                else:
-                    write_image(tmp / f"{written:06d}.png", frame)
-                written += 1
+            yield from y
             bar.update(n)
+    finally:
         bar.close()
-        if writer is not None:
-            writer.release()
-            writer = None
-            os.replace(tmp / f"video{out.suffix}", out)
-        else:
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
+    if result.decoded == 0:
+        raise InputError(f"no frame of {source.path} could be read ({result.skipped[0][1] if result.skipped else 'empty'})",
+                         f"check the input frames; {_kept(out)}")
+    if result.truncated and strict:
+        raise InputError(
+            f"input video {source.path} is truncated: {result.truncated}; stopped (--strict), {_kept(out)}",
+            "copy the video again from the camera, or run without --strict to enhance the frames that decode",
+        )
+
+
+def _run_to_folder(sess, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
+                   strict: bool, quiet: bool, bundle: str) -> None:
+    """PNG frames into a partial folder, then the marker, then one rename over the previous output."""
+    from lowlight.core.fsio import commit_dir, staged_dir
+
+    with staged_dir(out) as tmp:
+        for frame in _enhanced(sess, source, result, shape, darken, strict, quiet, out):
+            write_image(tmp / f"{result.written:06d}.png", frame)
+            result.written += 1
+        try:
+            (tmp / MARKER).write_text(json.dumps(_marker(result, source, bundle, darken), indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {out / MARKER} ({exc.strerror or exc})", "check the disk has free space") from None
+        commit_dir(tmp, out)
+
+
+def _run_to_video(sess, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
+                  strict: bool, quiet: bool) -> None:
+    """Encode into a partial file beside `out`, check it reads back, then rename it over `out`."""
+    from lowlight.core.fsio import partial_file
+
+    tmp = partial_file(out)
+    writer = None
+    try:
+        writer = VideoFileWriter(tmp, source.fps, (shape[-1], shape[-2]))
+        for frame in _enhanced(sess, source, result, shape, darken, strict, quiet, out):
+            writer.write(frame)
+            result.written += 1
+        writer.close()
+        os.replace(tmp, out)
     finally:
         if writer is not None:
-            writer.release()
+            writer.abort()
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return written
+            tmp.unlink()
+
+
+def _marker(result: RunResult, source: Source, bundle: str, darken: float | None) -> dict[str, object]:
+    """The content of lowlight-run.json: where the frames came from and what was not enhanced."""
+    return {
+        "tool": "lowlight-run",
+        "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "bundle": str(Path(bundle).resolve()),
+        "backend": result.backend,
+        "input": str(source.path.resolve()),
+        "input_kind": source.kind,
+        "darken": darken,
+        "frames": {"input": result.expected, "decoded": result.decoded, "written": result.written, "skipped": len(result.skipped)},
+        "skipped": [{"frame": name, "why": why} for name, why in result.skipped],
+        "truncated": result.truncated,
+        "files": "000000.png ... in input order, skipped frames left out",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lowlight-run", description="Enhance low-light footage with a compiled bundle.")
     p.add_argument("bundle", help="bundle directory written by lowlight-compile")
     p.add_argument("--input", required=True, help="folder of frames or a video file")
-    p.add_argument("--output", required=True, help="output folder (PNG frames) or video file (.mp4/.avi)")
-    p.add_argument("--darken", type=float, default=None, help="multiply input by this first (demo: fake night from daytime footage)")
+    p.add_argument("--output", required=True,
+                   help=f"output folder (PNG frames + {MARKER}) or video file (.mp4/.avi...); an existing one is replaced "
+                        "only if it is empty or was written by lowlight-run")
+    p.add_argument("--darken", type=darken_factor, default=None, metavar="FACTOR",
+                   help="multiply the input by FACTOR in (0, 1] first: fakes night from daytime footage for a demo (0.25 = 4x darker)")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing an existing video file or a folder lowlight-run did not write (never the input)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 2, previous output kept) at an unreadable frame or a truncated video instead of skipping and reporting it")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    out = Path(args.output)
+    existed = os.path.lexists(out)
     try:
-        n = enhance(args.bundle, args.input, args.output, args.darken, args.backend, args.quiet)
+        result = enhance(args.bundle, args.input, args.output, args.darken, args.backend, args.quiet,
+                         overwrite=args.overwrite, strict=args.strict)
     except LowlightError as exc:
-        print(f"error: {exc.what}", file=sys.stderr)
-        if exc.fix:
-            print(f"  fix: {exc.fix}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} enhanced frames to {args.output}")
+        return _fail(exc.what, exc.fix)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_kept(out, existed)} (the output is renamed into place only once complete)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # anything the checks could not foresee: a disk filling up, a file vanishing
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}; {_kept(out, existed)}",
+                     "check free disk space and the permissions of --input and --output, then run again")
+    print(result.summary())
     return 0
+
+
+def _kept(out: Path, existed: bool | None = None) -> str:
+    """What a failed run left at `out` (called before the final rename, so what is there is the old output)."""
+    present = os.path.lexists(out) if existed is None else existed
+    if present:
+        return f"{out} was left as it was"
+    return f"nothing was written to {out}"
+
+
+def _fail(what: str, fix: str | None) -> int:
+    print(f"error: {what}", file=sys.stderr)
+    if fix:
+        print(f"  fix: {fix}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Image and video I/O for the runtime (OpenCV, no PyTorch)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from lowlight.core.errors import InputError, LowlightError
+from lowlight.core.errors import InputError, LowlightError, OutputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -90,26 +91,178 @@ def image_truncation(path: str | Path) -> str | None:
     return None
 
 
+def _to_bgr8(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 float RGB in [0,1] -> 8-bit BGR, the layout OpenCV's writers take."""
+    import cv2
+
+    return cv2.cvtColor((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
 def write_image(path: str | Path, rgb: np.ndarray) -> None:
-    """Write HxWx3 float RGB in [0,1] as an 8-bit image."""
+    """Write HxWx3 float RGB in [0,1] as an 8-bit image; raises OutputError if it cannot be written."""
     import cv2
 
-    bgr = cv2.cvtColor((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), bgr):
-        raise InputError(f"cannot write image {path}", "check the folder exists and is writable")
+    try:
+        ok = cv2.imwrite(str(path), _to_bgr8(rgb))
+    except cv2.error as exc:  # an unknown suffix or an encoder failure raises instead of returning False
+        raise OutputError(f"cannot write image {path}: {str(exc).strip().splitlines()[-1]}", "write PNG/JPEG frames") from None
+    if not ok:
+        raise OutputError(f"cannot write image {path}", "check the folder exists, is writable and the disk has free space")
 
 
-def video_info(path: str | Path) -> tuple[float, int, int, int]:
-    """(fps, frame count, width, height) of a video; raises InputError if it cannot be opened."""
+#: FourCC used for each video suffix: the codec its container takes in OpenCV's FFmpeg
+#: build (mp4v is refused by WebM, which takes VP8 only).
+VIDEO_FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "mp4v", ".webm": "VP80"}
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence stderr at the file-descriptor level while a video writer opens.
+
+    A codec refused by a container (or one FFmpeg maps to another tag) prints
+    FFmpeg/OpenCV chatter straight to fd 2, bypassing Python and OpenCV's
+    log level; the user gets our one-line message instead.
+    """
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no fd 2 to redirect (embedded use): chatter is harmless
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def open_video_writer(path: str | Path, fps: float, size: tuple[int, int]):  # type: ignore[no-untyped-def]
+    """An opened cv2.VideoWriter for `path` (codec from its suffix), or None if OpenCV cannot encode it."""
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
+    fourcc = VIDEO_FOURCC.get(Path(path).suffix.lower(), "mp4v")
+    try:
+        with _quiet_opencv():  # WebM prints a harmless tag warning even for VP8, which it then encodes
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), float(fps), size)
+    except cv2.error:
+        return None
+    if not writer.isOpened():
+        writer.release()
+        return None
+    return writer
+
+
+def video_encoder_works(suffix: str, fps: float = 10.0, size: tuple[int, int] = (64, 64)) -> bool:
+    """True if OpenCV here can encode a `suffix` video at this size: one frame is written to a probe
+    file in the system temp folder (never beside the user's output) and read back."""
+    import shutil
+    import tempfile
+
+    import cv2
+
+    try:
+        probe_dir = tempfile.mkdtemp(prefix="lowlight-probe-")
+    except OSError:  # no temp folder: the real writer's own check still catches a missing codec
+        return True
+    try:
+        path = Path(probe_dir) / f"probe{suffix}"
+        writer = open_video_writer(path, fps, size)
+        if writer is None:
+            return False
+        with _quiet_opencv():
+            writer.write(np.zeros((size[1], size[0], 3), np.uint8))
+            writer.release()
+            if not path.is_file() or path.stat().st_size == 0:
+                return False
+            cap = cv2.VideoCapture(str(path))
+            ok = cap.isOpened()
+            cap.release()
+        return ok
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+
+
+def check_video_encoder(suffix: str, fps: float, size: tuple[int, int], flag: str = "--output") -> None:
+    """Raise OutputError naming the suffixes that work if OpenCV cannot encode `suffix` videos (before any work)."""
+    suffix = suffix.lower()
+    if video_encoder_works(suffix, fps, size):
+        return
+    working = [s for s in sorted(VIDEO_SUFFIXES) if s != suffix and video_encoder_works(s, fps, size)]
+    codec = VIDEO_FOURCC.get(suffix, "mp4v")
+    fix = (f"end {flag} in one of {', '.join(working)}, or give a folder to get PNG frames" if working
+           else f"give {flag} a folder to get PNG frames (this OpenCV encodes no video format)")
+    raise OutputError(f"OpenCV on this machine cannot encode {suffix} video ({codec} codec at {size[0]}x{size[1]})", fix)
+
+
+class VideoFileWriter:
+    """Writes float RGB frames to a video file; `close()` proves the file is complete.
+
+    OpenCV's VideoWriter drops frames silently (a full disk, a failed trailer),
+    so the finished file is opened again: a file that does not open or holds
+    fewer frames than written raises OutputError instead of being kept.
+    """
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]) -> None:
+        self.path, self.size, self.count = Path(path), size, 0
+        self._writer = open_video_writer(self.path, fps, size)
+        if self._writer is None:
+            raise OutputError(f"cannot open a {self.path.suffix} video writer for {self.path}", "check the folder is writable, or write a folder of PNG frames")
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._writer.write(_to_bgr8(rgb))
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the file and check it reads back with every frame."""
+        import cv2
+
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        cap = cv2.VideoCapture(str(self.path))
+        try:
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        finally:
+            cap.release()
+        if n < 0 or (n > 0 and n < self.count) or not self.path.is_file():
+            got = "does not open" if n < 0 else f"holds {n} of {self.count} frames"
+            raise OutputError(f"the video written to {self.path} {got}", "check the disk has free space, then run again")
+
+    def abort(self) -> None:
+        """Release the writer without checking (the partial file is removed by the caller)."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def _sane_fps(fps: float) -> float:
+    """The container's fps, or 25 where it is missing, zero, negative or not finite (a writer needs > 0)."""
+    import math
+
+    return fps if math.isfinite(fps) and 0 < fps < 1000 else 25.0
+
+
+def video_info(path: str | Path, error: type[LowlightError] = InputError) -> tuple[float, int, int, int]:
+    """(fps, frame count the container declares (0 = unknown), width, height); raises `error` if it cannot be opened."""
+    import cv2
+
+    try:
+        cap = cv2.VideoCapture(str(path))
+    except cv2.error as exc:
+        raise error(f"cannot open video {path}: {str(exc).strip().splitlines()[-1]}", "check the file is a video OpenCV can decode") from None
     try:
         if not cap.isOpened():
-            raise InputError(f"cannot open video {path}", "check the file exists and is a video OpenCV can decode")
+            raise error(f"cannot open video {path}", "check the file exists and is a complete video (mp4/avi...) that OpenCV can decode")
         return (
-            float(cap.get(cv2.CAP_PROP_FPS) or 25.0),
-            int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+            _sane_fps(float(cap.get(cv2.CAP_PROP_FPS) or 0.0)),
+            max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))),
             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         )
@@ -120,7 +273,11 @@ def video_info(path: str | Path) -> tuple[float, int, int, int]:
 def read_video_frames(
     path: str | Path, limit: int | None = None, every: int = 1, error: type[LowlightError] = InputError
 ) -> Iterator[np.ndarray]:
-    """Yield HxWx3 float32 RGB frames in [0,1]; raises `error` if the video cannot be decoded."""
+    """Yield HxWx3 float32 RGB frames in [0,1]; raises `error` if not even the first frame decodes.
+
+    Decoding stops at the first frame that fails (a truncated file ends there):
+    callers that must know compare the frames they got with `video_info`'s count.
+    """
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -132,12 +289,15 @@ def read_video_frames(
     try:
         i = n = 0
         while limit is None or n < limit:
-            ok, bgr = cap.read()
-            if not ok:
+            try:
+                ok, bgr = cap.read()
+            except cv2.error:  # a damaged packet can raise instead of returning False: the stream ends here
+                ok = False
+            if not ok or bgr is None:
                 break
             if i % every == 0:
                 n += 1
-                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+                yield pixels_to_unit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), path, error)
             i += 1
         if i == 0:
             raise error(f"cannot decode any frame of video {path}", "check the file is a complete, playable video")

@@ -37,8 +37,17 @@ class Session:
     `warnings` lists what is off but harmless (e.g. a report edited after compilation).
     """
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], backend: Any, warnings: list[str] | None = None) -> None:
-        self.bundle, self.manifest, self.backend = bundle, manifest, backend
+    def __init__(self, bundle: Path, manifest: dict[str, Any], backends: Any, warnings: list[str] | None = None,
+                 constants: dict[str, np.ndarray] | None = None) -> None:
+        from lowlight.core.bundle import as_program_manifest
+
+        pm = as_program_manifest(manifest)
+        # One backend per component; a bare backend is the one-component case.
+        self.backends: dict[str, Any] = backends if isinstance(backends, dict) else {next(iter(pm["components"])): backends}
+        self.bundle, self.manifest = bundle, manifest
+        self.program: dict[str, Any] = pm["program"]
+        self.constants: dict[str, np.ndarray] = constants or {}
+        self.output_names: list[str] = [o["name"] for o in manifest["outputs"]]
         self.inputs: dict[str, list[int]] = {i["name"]: i["shape"] for i in manifest["inputs"]}
         self.ranges: dict[str, tuple[float, float]] = {
             i["name"]: (float(i["range"][0]), float(i["range"][1])) if i.get("range") is not None else (0.0, 1.0)
@@ -48,8 +57,19 @@ class Session:
         self.warnings: list[str] = list(manifest.get("report_warnings", []) if warnings is None else warnings)
 
     @property
+    def backend(self) -> Any:
+        """The first component's backend (the only one for single-graph bundles)."""
+        return next(iter(self.backends.values()))
+
+    @property
     def backend_name(self) -> str:
-        return str(self.backend.name)
+        names = sorted({str(b.name) for b in self.backends.values()})
+        return ", ".join(names)
+
+    @property
+    def layouts(self) -> dict[str, str]:
+        """Declared layout of every program input and output (e.g. BTCHW, BCHW, RGGB, latent)."""
+        return {t["name"]: str(t.get("layout", "")) for t in list(self.manifest["inputs"]) + list(self.manifest["outputs"])}
 
     def check(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Validated float32 feeds; raises InputError naming the problem and its fix."""
@@ -127,17 +147,30 @@ class Session:
         )
 
     def __call__(self, **feeds: Any) -> np.ndarray:
-        """Check the feeds, run the backend, return the first output."""
+        """Check the feeds, run the bundle's program, return the first output (see `run` for all)."""
+        return self.run(**feeds)[self.output_name]
+
+    def run(self, seed: int | None = None, **feeds: Any) -> dict[str, np.ndarray]:
+        """Check the feeds, run the program over the components, return every output by name.
+
+        `seed` overrides the bundle's seed for the program's noise inputs (None: the bundle's).
+        """
+        from lowlight.core.program import run_program
+
         checked = self.check(feeds)
+        return run_program(self.program, self._call, checked, self.output_names, self.constants, seed)
+
+    def _call(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        backend = self.backends[component]
         try:
-            return self.backend.run(checked)[self.output_name]
+            return dict(backend.run(feeds))
         except (LowlightError, MemoryError):
             raise
         except Exception as exc:
             # The inputs were checked against the manifest and the model loaded: a failure
             # here means the model itself is broken (e.g. a damaged file hashed again).
             raise BundleError(
-                f"{self.backend_name} failed running the model of {self.bundle}: {_first_line(exc)}",
+                f"{backend.name} failed running component {component!r} of {self.bundle}: {_first_line(exc)}",
                 "recompile the bundle; if a fresh bundle fails the same way, report this message",
             ) from exc
 
@@ -208,14 +241,29 @@ def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, thread
             raise InputError(f"cannot run {root} with TensorRT: {reason}", "use backend='onnxruntime'")
     elif backend == "tensorrt":
         raise InputError(f"bundle {root} has no TensorRT engine", "build one on the device: lowlight-compile build-engine BUNDLE")
-    if chosen is None:
-        from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from lowlight.core.bundle import as_program_manifest
+    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-        chosen = OnnxRuntimeBackend(bundle_path(root, manifest, manifest["model"]), threads=threads)
+    pm = as_program_manifest(manifest)
+    backends: dict[str, Any] = {}
+    for name, comp in pm["components"].items():
+        if chosen is not None and len(pm["components"]) == 1:
+            backends[name] = chosen  # the engine is the one component
+        else:
+            backends[name] = OnnxRuntimeBackend(bundle_path(root, manifest, comp["file"]), threads=threads)
+        _check_io(root, comp, backends[name])
+    if chosen is None:
+        chosen = next(iter(backends.values()))
         if not reason:
             reason = "no TensorRT engine in the bundle" if not manifest.get("engine") else reason
-    _check_io(root, manifest, chosen)
-    sess = Session(root, manifest, chosen)
+    constants: dict[str, np.ndarray] = {}
+    if manifest.get("constants"):
+        try:
+            with np.load(bundle_path(root, manifest, manifest["constants"]), allow_pickle=False) as npz:
+                constants = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{root}: cannot read the program constants ({_first_line(exc)})", "recompile the bundle") from exc
+    sess = Session(root, manifest, backends, constants=constants)
     if verbose:
         print(f"lowlight.runtime: {root.name}: using {chosen.name}" + (f" ({reason})" if reason and "onnxruntime" in chosen.name else ""), file=sys.stderr)
         for w in sess.warnings:

@@ -169,13 +169,24 @@ def test_garbage_model_rehashed_is_a_bundle_error(fp32_bundle, tmp_path: Path):
 
 def test_model_that_disagrees_with_manifest_is_a_bundle_error(fp32_bundle, tmp_path: Path):
     root, man = _copy(fp32_bundle, tmp_path)
+
+    def write_raw(m: dict) -> None:  # write_manifest validates: write what a hand edit would
+        (root / "manifest.json").write_text(json.dumps(m))
+
+    man = json.loads((root / "manifest.json").read_text())
     man["inputs"][0]["shape"] = [1, 4, 3, 64, 96]
-    write_manifest(root, man)
+    write_raw(man)
     err = _refused(root)
-    assert err.what == f"{root}: the manifest gives 'rgb' shape [1, 4, 3, 64, 96], the model [1, 4, 3, 64, 64]"
+    assert err.what.endswith("the manifest gives 'rgb' shape [1, 4, 3, 64, 96], component 'model' takes [1, 4, 3, 64, 64]")
     man["inputs"][0]["shape"] = list(SHAPE)
     man["outputs"][0]["name"] = "output"
-    write_manifest(root, man)
+    write_raw(man)
+    err = _refused(root)
+    assert err.what.endswith("no step produces the output(s) ['output']")
+    man["outputs"][0]["name"] = "enhanced"
+    man["components"]["model"]["outputs"][0]["name"] = "output"  # the component now disagrees with its graph
+    man["program"]["steps"][0]["out"] = {"output": "enhanced"}
+    write_raw(man)
     err = _refused(root)
     assert err.what == f"{root}: the manifest lists outputs ['output'], the model has ['enhanced']"
 

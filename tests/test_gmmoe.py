@@ -265,11 +265,12 @@ def test_shipped_weights_load_in_both_modes():
         assert not m.training and m.experts_mode == mode
 
 
-# --- INT8 inside If branches (models/gmmoe_qdq.py) ------------------------------------------------
+# --- INT8 inside If branches (compile/quantize_branches.py) ------------------------------------------------
 
 
 def test_inline_and_refold_if_branches_keep_outputs(exported, tmp_path):
-    from lowlight.models.gmmoe_qdq import gate_nodes, inline_then_branches, refold_if_branches
+    from lowlight.compile.graph import gate_nodes
+    from lowlight.compile.quantize_branches import inline_then_branches, refold_if_branches
 
     _, path = exported["top2"]
     original = onnx.load(str(path))

@@ -1,7 +1,7 @@
 """GM-MoE through the whole compiler: cpu (FP32/INT8) and jetson-orin, dense and top-2, on `tiny`.
 
 The top-2 INT8 path quantizes the experts inside the If branches
-(`lowlight.models.gmmoe_qdq`) and keeps the gates' softmax and routing float.
+(`lowlight.compile.quantize_branches`) and keeps the gates' softmax and routing float.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import lowlight.models as models
 from lowlight.calibration.data import SAMPLES_DIR
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
-from lowlight.models.gmmoe_qdq import gate_nodes
+from lowlight.compile.graph import gate_nodes
 
 pytestmark = pytest.mark.slow
 SHAPE = "1x3x64x64"
@@ -34,8 +34,27 @@ def checkpoint(tmp_path_factory) -> Path:
             b.experts[2].beta.normal_(0, 0.2)
             b.experts[2].gamma.normal_(0, 0.2)
     path = tmp_path_factory.mktemp("ckpt") / "gmmoe_tiny.safetensors"
-    save_file(m.state_dict(), str(path))
+    # says it was trained in top-2: top-2 bundles are then verified against the top-2 model
+    save_file(m.state_dict(), str(path), metadata={"lowlight.trained_options": '{"experts": "top2"}'})
     return path
+
+
+def test_top2_bundle_of_a_dense_checkpoint_is_verified_against_dense(checkpoint, tmp_path):
+    """A checkpoint that does not say how it was trained is the paper's dense network: the
+    top-2 deviation counts against the budget instead of being hidden (top-2 vs its own top-2 = ~150 dB)."""
+    from safetensors.torch import load_file, save_file
+
+    dense_ckpt = tmp_path / "dense.safetensors"
+    save_file(load_file(str(checkpoint)), str(dense_ckpt))  # same weights, no metadata
+    common = dict(model="gmmoe", config="tiny", target="cpu", precision="fp32", shape=SHAPE, cache_dir=str(tmp_path / "c"),
+                  calib=str(SAMPLES_DIR), verify_frames=3, profile_runs=2, quiet=True, min_fidelity=10.0)
+    r = compile_bundle(CompileOptions(checkpoint=str(dense_ckpt), out=str(tmp_path / "top2"), family_options={"experts": "top2"}, **common))
+    assert r.manifest["verified_against"] == "FP32 PyTorch as trained (experts=dense)"
+    assert r.manifest["family_options"] == {"experts": "top2"} and r.manifest["checkpoint"]["trained_options"] == {}
+    assert r.verification["fidelity_psnr_db"] < 60  # the approximation is measured, not hidden
+    assert any("as trained (experts=dense)" in n for n in r.notes)
+    same = compile_bundle(CompileOptions(checkpoint=str(checkpoint), out=str(tmp_path / "top2b"), family_options={"experts": "top2"}, **common))
+    assert same.manifest["verified_against"] == "FP32 PyTorch" and same.verification["fidelity_psnr_db"] > 100
 
 
 @pytest.fixture(scope="module")

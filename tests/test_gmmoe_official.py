@@ -11,6 +11,7 @@ so nothing else changes) and checks the eval output is the clamp of theirs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ class OfficialNet(nn.Module):
 
 # width 8: the smallest the official code builds (c // 4 and 2c // 16 channels); two stages with
 # unequal block counts, so layout inference has something to get wrong
-LAYOUT = dict(width=8, middle_blk_num=2, enc_blk_nums=[1, 2], dec_blk_nums=[2, 1])
+LAYOUT: dict[str, Any] = dict(width=8, middle_blk_num=2, enc_blk_nums=[1, 2], dec_blk_nums=[2, 1])
 OURS = GMMoEConfig(width=8, enc_blocks=(1, 2), middle_blocks=2, dec_blocks=(2, 1))
 SHAPE = (2, 3, 61, 67)  # not a multiple of 4 (pad + crop); min side for two stages is 57
 

@@ -40,7 +40,11 @@ def test_bundle_layout_and_manifest(fp32_bundle):
         assert name in m["files"] and len(m["files"][name]) == 64
     for name in ("verification.json", "verification.md", "profile.json", "profile.md"):  # reports: hashed apart
         assert name in m["reports"] and len(m["reports"][name]) == 64 and name not in m["files"]
-    assert m["inputs"] == [{"name": "rgb", "shape": [1, 4, 3, 64, 64], "dtype": "float32", "range": [0.0, 1.0]}]
+    assert m["inputs"] == [{"name": "rgb", "shape": [1, 4, 3, 64, 64], "dtype": "float32", "layout": "BTCHW", "range": [0.0, 1.0]}]
+    assert m["outputs"][0]["layout"] == "BTCHW" and m["format_version"] == 2
+    assert list(m["components"]) == ["model"] and m["components"]["model"]["file"] == "model.onnx"
+    assert m["program"]["steps"] == [{"op": "call", "component": "model", "in": {"rgb": "rgb"}, "out": {"enhanced": "enhanced"}}]
+    assert m["family_options"] == {"modalities": "rgb"}
     assert m["precision"] == "fp32" and m["target"] == "cpu" and m["family"] == "amnet"
     assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
     assert m["verification"]["passed"] is True

@@ -38,3 +38,25 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
     cov = _blur(a * b, g) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
+
+
+def compare_outputs(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], image_outputs: list[str]) -> dict[str, dict[str, float]]:
+    """Per output: PSNR/SSIM (image outputs) and max abs error; for integer outputs the agreement fraction.
+
+    The one comparison used on the host (compile-time verify) and on the device
+    (the TensorRT engine against the bundled reference outputs).
+    """
+    result: dict[str, dict[str, float]] = {}
+    for name, r in ref.items():
+        if name not in out:
+            continue
+        o = np.asarray(out[name])
+        r = np.asarray(r)
+        row: dict[str, float] = {"max_abs": float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.size else 0.0}
+        if np.issubdtype(r.dtype, np.integer):
+            row["agreement"] = float(np.mean(o == r))
+        elif name in image_outputs:
+            row["psnr_db"] = psnr(o, r)
+            row["ssim"] = ssim(o.reshape(-1, *o.shape[-2:]), r.reshape(-1, *r.shape[-2:]))
+        result[name] = row
+    return result

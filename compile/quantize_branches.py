@@ -1,4 +1,4 @@
-"""INT8 for GM-MoE's top-2 graph: quantize the experts that live inside ONNX `If` branches.
+"""INT8 inside ONNX `If` branches: a generic quantizer capability (top-2 mixture-of-experts graphs).
 
 Neither NNCF nor onnxruntime's static quantizer looks inside `If` subgraphs:
 on the top-2 graph they would leave every expert in float. But our If nodes
@@ -15,8 +15,8 @@ exactly 0, so the then-branch gives the same value as the else-branch. So:
    feed it, back into a then-branch; rebuild the If with its original
    condition and else-branch. The dropped expert is skipped again.
 
-`gate_nodes` names the gate's nodes (pooled -> MLP -> softmax), kept in float
-along with the routing (ArgMin/Equal/Where: never quantized anyway).
+Which nodes stay float (e.g. the gates deciding the route) is the family's
+`KeepFloat` policy, resolved by `compile.graph.keep_float_nodes` before this runs.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-TAG = "gmmoe_then::"
+TAG = "if_then::"
 
 
 def _graph_attr(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
@@ -176,29 +176,13 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return out
 
 
-def gate_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the gates' nodes: from each Softmax back to its global-average pool, and the Softmax."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    keep: list[str] = []
-    for sm in (n for n in model.graph.node if n.op_type == "Softmax"):
-        stack, seen = [sm], set()
-        while stack:
-            n = stack.pop()
-            if n.name in seen:
-                continue
-            seen.add(n.name)
-            keep.append(n.name)
-            if n.op_type in ("ReduceMean", "GlobalAveragePool"):
-                continue  # the pool reads the block input: stop there
-            stack.extend(producer[t] for t in n.input if t in producer)
-    return keep
-
-
 def quantize_int8_with_ifs(src: str | Path, dst: str | Path, feeds: list, flavour: str, keep_float: list[str],
                            base: Any = None, **kw: Any) -> dict[str, Any]:
-    """`lowlight.compile.quantize.quantize_int8` (or `base`), made to reach into If branches, gates kept float.
+    """`lowlight.compile.quantize.quantize_int8` (or `base`), made to reach into If branches.
 
-    Same signature and report; adds `"if_branches": n` and `"gate_nodes_float": n`.
+    Same signature and report; adds `"if_branches": n`. Needs each If's then-branch
+    to equal its else-branch whenever the branch is not taken (true of top-2
+    dispatch, where a dropped expert's weight is exactly 0).
     """
     if base is None:
         from lowlight.compile.quantize import quantize_int8 as base
@@ -206,20 +190,18 @@ def quantize_int8_with_ifs(src: str | Path, dst: str | Path, feeds: list, flavou
 
     src, dst = Path(src), Path(dst)
     original = onnx.load(str(src))
-    keep = list(keep_float) + gate_nodes(original)
     n_if = sum(n.op_type == "If" for n in original.graph.node)
     if not n_if:
-        rep = quantize_int8(src, dst, feeds, flavour, keep, **kw)
+        rep = quantize_int8(src, dst, feeds, flavour, list(keep_float), **kw)
     else:
         flat_src = dst.with_name(dst.stem + ".flat_float.onnx")
         flat_dst = dst.with_name(dst.stem + ".flat_int8.onnx")
         onnx.save(inline_then_branches(original), str(flat_src))
         try:
-            rep = quantize_int8(flat_src, flat_dst, feeds, flavour, keep, **kw)
+            rep = quantize_int8(flat_src, flat_dst, feeds, flavour, list(keep_float), **kw)
             onnx.save(refold_if_branches(onnx.load(str(flat_dst)), original), str(dst))
         finally:
             flat_src.unlink(missing_ok=True)
             flat_dst.unlink(missing_ok=True)
     rep["if_branches"] = n_if
-    rep["gate_nodes_float"] = len(gate_nodes(original))
     return rep
