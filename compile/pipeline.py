@@ -286,15 +286,17 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
     passes = target.lowering_passes()
 
     def _lower(d: Path) -> None:
+        from lowlight.compile.export import save_onnx
+
         m = onnx.load(str(simplified))
         for _, fn in passes:
             m = fn(m)
-        onnx.save(m, str(d / "raw.onnx"))
         if passes:  # fold what the rewrites exposed (e.g. Unsqueeze of a weight), checked like simplify
+            save_onnx(m, d / "raw.onnx")
             rep = simplify(d / "raw.onnx", d / "model.onnx")
             (d / "simplify.json").write_text(json.dumps(rep, indent=1))
         else:
-            (d / "raw.onnx").rename(d / "model.onnx")
+            save_onnx(m, d / "model.onnx")
 
     with progress.stage("lower", (", ".join(n for n, _ in passes) or "nothing to do for this target") + tag) as note:
         lowered, hit = cache.run(

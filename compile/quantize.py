@@ -22,6 +22,7 @@ import numpy as np
 
 import onnx
 
+from lowlight.compile.export import save_onnx
 from lowlight.compile.simplify import onnx_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -41,7 +42,7 @@ def to_fp16(src: str | Path, dst: str | Path, keep_float: list[str]) -> dict[str
             op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ["DFT"],
             node_block_list=keep_float,
         )
-    onnx.save(half, str(dst))
+    save_onnx(half, dst)
     return {"engine": "onnxruntime.transformers.float16", "kept_float": len(keep_float)}
 
 
@@ -85,7 +86,7 @@ def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour
         nncf_log.setLevel(level)
     if flavour == "trt-s8s8":
         q = unsigned_to_signed_qdq(q)
-    onnx.save(q, str(dst))
+    save_onnx(q, dst)
 
 
 def unsigned_to_signed_qdq(model: "onnx.ModelProto") -> "onnx.ModelProto":

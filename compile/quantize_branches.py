@@ -27,6 +27,8 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from lowlight.compile.export import save_onnx
+
 TAG = "if_then::"
 
 
@@ -196,10 +198,10 @@ def quantize_int8_with_ifs(src: str | Path, dst: str | Path, feeds: list, flavou
     else:
         flat_src = dst.with_name(dst.stem + ".flat_float.onnx")
         flat_dst = dst.with_name(dst.stem + ".flat_int8.onnx")
-        onnx.save(inline_then_branches(original), str(flat_src))
+        save_onnx(inline_then_branches(original), flat_src)
         try:
             rep = quantize_int8(flat_src, flat_dst, feeds, flavour, list(keep_float), **kw)
-            onnx.save(refold_if_branches(onnx.load(str(flat_dst)), original), str(dst))
+            save_onnx(refold_if_branches(onnx.load(str(flat_dst)), original), dst)
         finally:
             flat_src.unlink(missing_ok=True)
             flat_dst.unlink(missing_ok=True)

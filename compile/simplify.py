@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lowlight.compile.export import save_onnx
 from lowlight.compile.graph import name_nodes
 
 
@@ -66,7 +67,7 @@ def simplify(src: str | Path, dst: str | Path, tolerance: float = 1e-4, trials: 
     for tool, fn in (("onnxsim", _onnxsim), ("onnxslim", _onnxslim)):
         try:
             candidate = name_nodes(fn(onnx.load(str(src))))
-            onnx.save(candidate, str(dst))
+            save_onnx(candidate, dst)
             diff = max(max_abs_diff(r, run_onnx(dst, f)) for r, f in zip(reference, feeds))
         except Exception as exc:  # a simplifier crash is not our user's problem: try the next
             report["attempts"].append({"tool": tool, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})  # type: ignore[union-attr]
@@ -75,6 +76,6 @@ def simplify(src: str | Path, dst: str | Path, tolerance: float = 1e-4, trials: 
         if diff <= tolerance:
             report.update(tool=tool, nodes_after=len(candidate.graph.node), max_abs_diff=diff)
             return report
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     report.update(tool="none (kept as exported)", nodes_after=len(model.graph.node), max_abs_diff=0.0)
     return report

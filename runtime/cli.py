@@ -300,8 +300,19 @@ def _marker(result: RunResult, source: Source, bundle: str, darken: float | None
     }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lowlight-compile")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lowlight-run", description="Enhance low-light footage with a compiled bundle.")
+    p = argparse.ArgumentParser(prog="lowlight-run", description="Enhance low-light footage with a compiled bundle.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lowlight-run {_version()}")
     p.add_argument("bundle", help="bundle directory written by lowlight-compile")
     p.add_argument("--input", required=True, help="folder of frames or a video file")
     p.add_argument("--output", required=True,
@@ -309,12 +320,13 @@ def main(argv: list[str] | None = None) -> int:
                         "only if it is empty or was written by lowlight-run")
     p.add_argument("--darken", type=darken_factor, default=None, metavar="FACTOR",
                    help="multiply the input by FACTOR in (0, 1] first: fakes night from daytime footage for a demo (0.25 = 4x darker)")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
+                   help="auto: the bundle's TensorRT engine where it runs here, else onnxruntime")
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing video file or a folder lowlight-run did not write (never the input)")
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 2, previous output kept) at an unreadable frame or a truncated video instead of skipping and reporting it")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
     args = p.parse_args(argv)
     out = Path(args.output)
     existed = os.path.lexists(out)
