@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="model family (`lowlight-compile zoo list`), path/to/file.py:Name for your own model, or an installed `lowlight.families` entry point")
     p.add_argument("--config", default=None,
-                   help="model config; 'auto' infers it from the checkpoint where the family can (default: the family's deployed config)")
+                   help="model config, 'auto' (read the layout from the checkpoint), or the official options FILE.yml "
+                        "(default: auto with a checkpoint, else the family's deployed config)")
     p.add_argument("--target", default="cpu", help="deployment target (see `lowlight-compile targets`)")
     p.add_argument("--trt-version", default=None, help="override the target's TensorRT version, e.g. 11.4")
     p.add_argument("--dla", action="store_true", help="Jetson: plan for a DLA core with GPU fallback")

@@ -100,7 +100,9 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
 
         fam = get_family(opts.model)
         fopts = fam.resolve_options(dict(opts.family_options))
-        config, _ = resolve_config(opts.model, opts.config, opts.checkpoint, **fopts)  # notes come again at load
+        # With a checkpoint, --config defaults to auto: the layout is read from the checkpoint.
+        wanted = opts.config if opts.config is not None else ("auto" if opts.checkpoint else None)
+        config, _ = resolve_config(opts.model, wanted, opts.checkpoint, **fopts)  # notes come again at load
         shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
         check_volume({t.name: t.shape for t in fam.inputs(shape, config, **fopts)})  # ShapeError before any work
         label = fam.name.replace(":", "-").replace(".py", "")

@@ -385,3 +385,29 @@ def test_external_data_export_of_official_weights(tmp_path: Path, basicsr_ckpt, 
     assert external_data_threshold() == 1.8e9
     assert save_onnx(onnx.load(str(tmp_path / "model.onnx")), tmp_path / "model.onnx") == [tmp_path / "model.onnx"]
     assert not (tmp_path / "model.onnx.data").exists()
+
+
+def test_compiled_dense_bundle_reproduces_the_official_network(basicsr_ckpt, tmp_path: Path, capsys):
+    """Official BasicSR checkpoint in, --experts dense, default --config (auto): the bundle's output is
+    the official forward's (clamped to [0,1], which the official code does not do)."""
+    import json
+
+    import numpy as np
+
+    import lowlight.runtime as rt
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.compile.cli import main
+
+    path, _raw, ema = basicsr_ckpt
+    out = tmp_path / "official"
+    assert main([str(path), "--model", "gmmoe", "--experts", "dense", "--shape", "1x3x64x64", "--precision", "fp32",
+                 "--calib", str(SAMPLES_DIR), "--verify-frames", "2", "--profile-runs", "2", "--quiet",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"] == "w8-e1.2-m2-d2.1" and m["family_options"] == {"experts": "dense"}
+    assert any("params_ema" in n for n in m["load_notes"]) and any("OURNet24" in n for n in m["load_notes"])
+    x = np.load(out / "reference.npz")["input:rgb"][:1].reshape(1, 3, 64, 64)
+    y = rt.load(out, verbose=False)(rgb=x)
+    with torch.no_grad():
+        want = ema(torch.from_numpy(x)).clamp(0, 1).numpy()
+    assert np.abs(y - want).max() < 1e-4
