@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from lowlight.kernels import reference as ref  # noqa: E402
 
-#: Peak DRAM bandwidth (GB/s) by device-name fragment: DESIGN.md's table plus H100 PCIe / H200 / GH200.
+#: Peak DRAM bandwidth (GB/s) by device-name fragment: docs/targets.md's table plus H100 PCIe / H200 / GH200.
 PEAK_DRAM_GBS = {
     "H200": 4800.0, "GH200": 4000.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H100": 3350.0,
     "A100-SXM4-80GB": 2039.0, "A100 80GB": 2039.0, "A100": 1555.0,

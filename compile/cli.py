@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "profile": "lowlight.compile.cmd_profile",
     "zoo": "lowlight.compile.cmd_zoo",
     "targets": "lowlight.compile.cmd_targets",
-    "build-engine": "lowlight.compile.cmd_build_engine",
+    "build-engine": "lowlight.targets.tensorrt.cmd_build_engine",
 }
 #: shown without importing the modules (bare `lowlight-compile` must answer fast)
 SUMMARIES = {

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def rows(trt_version: str | None = None) -> list[dict[str, object]]:
     """One row per target (aliases folded into their target)."""
-    from lowlight.targets import get_target, names
+    from lowlight.targets import get_target, listed, names
 
     seen: dict[str, dict[str, object]] = {}
     for name in names():
@@ -30,10 +30,9 @@ def rows(trt_version: str | None = None) -> list[dict[str, object]]:
                                   "default_precision": target.default_precision, "aliases": []}
         row.update(target.facts)
         seen[target.name] = row
-    # Jetsons first, then desktop/datacenter GPUs (the device table's order), cpu last.
-    from lowlight.targets.tensorrt import tensorrt_targets
-
-    order = [t.name for t, _ in tensorrt_targets()] + ["cpu"]
+    # Registration order (Jetsons, then desktop/datacenter GPUs, as in the device
+    # table), with cpu, the everywhere default, last.
+    order = [t.name for t, _ in listed() if t.name != "cpu"] + ["cpu"]
     return sorted(seen.values(), key=lambda r: order.index(str(r["name"])) if r["name"] in order else len(order))
 
 

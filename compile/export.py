@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from lowlight.compile.graph import fill_dft_lengths, name_nodes
+from lowlight.compile.graph import fill_dft_lengths
+from lowlight.core.onnx_graph import CUSTOM_DOMAIN, name_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -151,7 +152,7 @@ def export_onnx(
     program.save(str(path))  # torch writes <path>.data itself past 1.5 GB
     del program  # its tensors alias the module's; drop them before the model is loaded again
     model = onnx.load(str(path))  # external data read into memory: the file may be rewritten below
-    if any(n.domain == "lowlight" for n in model.graph.node):
+    if any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
         # our custom-op nodes get their standard-op bodies as local functions,
         # so onnxruntime runs the graph as is (lowering decides their final form)
         from lowlight.kernels.onnx_export import attach_functions

@@ -1,4 +1,4 @@
-"""Small ONNX graph utilities shared by the stages."""
+"""Graph analyses the stages share (spectral path, boundary convs, gates, keep-float); built on `core.onnx_graph`."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -6,28 +6,13 @@ from typing import TYPE_CHECKING
 
 import onnx
 
+from lowlight.core.onnx_graph import GraphIndex, name_nodes, op_counts
+
+__all__ = ["name_nodes", "op_counts", "spectral_tensors", "float_nodes", "all_tensor_names", "fill_dft_lengths",
+           "boundary_convs", "gate_nodes", "keep_float_nodes"]
+
 if TYPE_CHECKING:
     from lowlight.models.family import KeepFloat
-
-
-def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every node a unique, non-empty name (quantizers and reports refer to nodes by name)."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        while name in seen:
-            name = f"{name}_{i}"
-        node.name = name
-        seen.add(name)
-    return model
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for node in model.graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        counts[key] += 1
-    return dict(sorted(counts.items()))
 
 
 def _is_inverse_dft(node: onnx.NodeProto) -> bool:
@@ -106,16 +91,11 @@ def fill_dft_lengths(model: onnx.ModelProto) -> onnx.ModelProto:
     targets = [n for n in model.graph.node if n.op_type == "DFT" and len(n.input) >= 2 and n.input[1] == ""]
     if not targets:
         return model
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    index = GraphIndex(model)
     for i, node in enumerate(targets):
-        shape = shapes.get(node.input[0])
-        axis = int(consts[node.input[2]]) if len(node.input) > 2 and node.input[2] in consts else -2
+        shape = index.shapes.get(node.input[0])
+        axis_value = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        axis = int(axis_value) if axis_value is not None else -2
         if not shape or shape[axis] is None:
             continue  # dynamic: leave it to the runtime
         name = f"{node.name}_dft_length"

@@ -345,7 +345,7 @@ def _import_onnx(src: Path, shapes: dict[str, tuple[int, ...]], dst: Path) -> No
     import onnx
 
     from lowlight.compile.export import save_onnx
-    from lowlight.compile.graph import name_nodes
+    from lowlight.core.onnx_graph import name_nodes
 
     m = onnx.load(str(src))
     for i in m.graph.input:
@@ -380,7 +380,7 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
     import onnx
 
     from lowlight.compile.export import onnx_files
-    from lowlight.compile.graph import op_counts
+    from lowlight.core.onnx_graph import op_counts
     from lowlight.compile.verify import to_markdown
     from lowlight.core.bundle import write_manifest
     from lowlight.core.errors import TargetError

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from lowlight.compile.export import save_onnx
+from lowlight.core.onnx_graph import CUSTOM_DOMAIN, GraphIndex, ort_session
 from lowlight.compile.simplify import onnx_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -164,11 +165,7 @@ ENGINES = {"nncf": _nncf_int8, "ort": _ort_int8}
 
 def time_onnx(path: str | Path, feed: dict[str, np.ndarray], runs: int = 5) -> float:
     """Median seconds per run with onnxruntime on this machine (after one warm-up run)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     sess.run(None, feed)
     times = []
     for _ in range(runs):
@@ -205,7 +202,7 @@ def quantize_int8(
     """
     src, dst = Path(src), Path(dst)
     check_feeds = check_feeds or feeds[:2]
-    has_plugins = any(n.domain == "lowlight" for n in onnx.load(str(src)).graph.node)
+    has_plugins = any(n.domain == CUSTOM_DOMAIN for n in onnx.load(str(src)).graph.node)
     if engine == "nncf" and has_plugins:
         from lowlight.core.errors import LowlightError
 
@@ -252,21 +249,11 @@ def quantize_int8(
 
 def qdq_zero_points(path: str | Path) -> list[tuple[str, str, list[int]]]:
     """(node name, zero-point dtype, zero-point values) of every QuantizeLinear/DequantizeLinear."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    consts = {}
-    for n in model.graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    index = GraphIndex(onnx.load(str(path)))
     out = []
-    for n in model.graph.node:
+    for n in index.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
-            zp = inits.get(n.input[2], consts.get(n.input[2]))
+            zp = index.constant(n.input[2])
             if zp is not None:
                 out.append((n.name, str(zp.dtype), [int(v) for v in np.ravel(zp)]))
     return out

@@ -1,6 +1,6 @@
 """Roofline estimate: per-node FLOPs and bytes of the lowered graph -> latency on a target.
 
-t >= max(FLOPs / peak, bytes / DRAM bandwidth) (DESIGN.md). Two memory bounds
+t >= max(FLOPs / peak, bytes / DRAM bandwidth) (docs/targets.md). Two memory bounds
 are reported: `fused` (only graph inputs, outputs and weights cross DRAM: the
 best a fusing compiler can do) and `roundtrip` (every activation is written
 and read back once per node: no fusion at all). Peaks are dense tensor-core
@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx
 
-    from lowlight.targets.base import Target
+    from lowlight.targets import Target
 
 #: Bytes per activation / weight element at each build precision.
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}

@@ -6,25 +6,19 @@ from pathlib import Path
 import numpy as np
 
 from lowlight.compile.export import save_onnx
-from lowlight.compile.graph import name_nodes
+from lowlight.core.onnx_graph import name_nodes, ort_session
 
 
 def random_feeds(model_path: str | Path, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float inputs in [0,1] matching the graph's (static) input shapes."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(model_path)
     rng = np.random.default_rng(seed)
     return {i.name: rng.random([d if isinstance(d, int) else 1 for d in i.shape], dtype=np.float32) for i in sess.get_inputs()}
 
 
 def onnx_runner(model_path: str | Path):  # type: ignore[no-untyped-def]
     """One onnxruntime CPU session for `model_path`: `runner(feeds) -> list of outputs`."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(model_path)
     return lambda feeds: sess.run(None, feeds)
 
 

@@ -13,7 +13,8 @@ from onnxscript import BFLOAT16, FLOAT, FLOAT16
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-DOMAIN = "lowlight"
+from lowlight.core.onnx_graph import CUSTOM_DOMAIN as DOMAIN
+
 DOMAIN_VERSION = 1
 lowlight = Opset(DOMAIN, DOMAIN_VERSION)
 T = TypeVar("T", bound=Union[FLOAT, FLOAT16, BFLOAT16])

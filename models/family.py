@@ -292,9 +292,8 @@ def discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    import lowlight.models as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    # The folder itself, not `import lowlight.models` (which imports this module: a cycle).
+    for info in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
         if info.name.startswith(("train_", "_")) or info.name in _NOT_FAMILIES:
             continue
         module = importlib.import_module(f"lowlight.models.{info.name}")

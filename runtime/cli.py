@@ -220,7 +220,11 @@ def _enhanced(sess, source: Source, result: RunResult, shape: list[int], darken:
     """Enhanced HxWx3 frames in input order, clip by clip (the tail clip padded with its last frame)."""
     from tqdm import tqdm
 
-    clip = len(shape) == 5  # [B,T,3,H,W] video model, else [B,3,H,W] image model
+    layout = sess.layouts.get("rgb") or ("BTCHW" if len(shape) == 5 else "BCHW")  # format-1 bundles declare no layout
+    if layout not in ("BTCHW", "BCHW"):
+        raise InputError(f"this bundle's rgb input has layout {layout}; lowlight-run feeds RGB frames (BCHW or BTCHW)",
+                         "call lowlight.runtime.load(bundle) from Python and build the inputs yourself")
+    clip = layout == "BTCHW"
     b, t = (shape[0], shape[1]) if clip else (shape[0], 1)
     h, w = shape[-2], shape[-1]
     bar = tqdm(total=source.count or None, desc=f"enhance ({sess.backend_name})", unit="frame", disable=quiet)

@@ -20,16 +20,7 @@ from typing import Any
 import numpy as np
 
 from lowlight.core.errors import BundleError, InputError
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    out: list[int] = []
-    for part in str(text).split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    while len(out) < 3:
-        out.append(0)
-    return tuple(out)
+from lowlight.core.trt_version import TrtVersion
 
 
 def host_gpu_arch() -> str | None:
@@ -91,7 +82,8 @@ def tensorrt_available(manifest: dict[str, Any]) -> tuple[bool, str]:
     have_arch = host_gpu_arch()
     if have_arch is None:
         return False, f"engine was built for {want_arch} with TensorRT {want_trt}; this machine has no usable CUDA GPU"
-    if _version_tuple(have_trt) != _version_tuple(want_trt) or have_arch != want_arch:
+    have_v, want_v = TrtVersion.try_parse(have_trt), TrtVersion.try_parse(want_trt)
+    if have_v is None or want_v is None or not have_v.matches(want_v) or have_arch != want_arch:
         return False, (
             f"engine was built with TensorRT {want_trt} for {want_arch}; this machine has TensorRT {have_trt} "
             f"on {have_arch} (engines are not portable across TensorRT versions or GPU architectures)"

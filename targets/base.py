@@ -3,12 +3,15 @@
 Stages never branch on a target's name; they ask the Target object which
 lowering passes to run, which precision and Q/DQ flavour to use, which backend
 verifies the artifact, and what the final build step is. Adding a device means
-adding a Target, not touching the stages.
+adding a Target, not touching the stages: one module in `targets/` that lists
+it in `TARGETS` (see `lowlight.targets`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from lowlight.compile.passes import LoweringPass
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import onnx
@@ -21,9 +24,6 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 #: symmetric int8 everywhere, zero-point 0, per-channel weights on axis 0,
 #: the only form TensorRT accepts.
 QDQFlavour = Literal["ort-u8s8", "trt-s8s8"]
-
-#: An ONNX -> ONNX rewrite chosen by the target (DFT -> MatMul, plugin nodes...).
-LoweringPass = Callable[["onnx.ModelProto"], "onnx.ModelProto"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Target:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
-        """Named ONNX -> ONNX passes to run after simplify, in order."""
+        """Named ONNX -> ONNX passes to run after simplify, in order (from `lowlight.compile.passes`)."""
         return []
 
     def check_graph(self, model: "onnx.ModelProto", options: dict[str, Any]) -> list[str]:
@@ -71,31 +71,3 @@ class Target:
         the ONNX graph is what onnxruntime runs.
         """
         return {}
-
-
-@dataclass(frozen=True)
-class CPUTarget(Target):
-    """onnxruntime on the host CPU: custom-op nodes become standard ONNX ops, DFT becomes MatMul.
-
-    onnxruntime's CPU DFT kernel is slow next to its GEMMs: on AMNet base at
-    1x8x3x256x256 the DFT nodes took 27% of the FP32 run, and the MatMul form
-    ran the whole graph 1.5x faster (0.85 s vs 1.26 s, 2-core EPYC, 2026-11-23)
-    with outputs equal to 4e-7. The spectra are small (1/4 resolution), so the
-    O(n^2) matrices cost little.
-    """
-
-    def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
-        from lowlight.compile.lower_custom_ops import decompose_custom_ops
-        from lowlight.compile.lower_dft import lower_dft
-
-        return [("decompose-custom-ops", decompose_custom_ops), ("dft-to-matmul", lower_dft)]
-
-
-CPU = CPUTarget(
-    name="cpu",
-    summary="x86/ARM CPU with onnxruntime (the default; runs everywhere)",
-    runtime="onnxruntime",
-    default_precision="fp32",
-    qdq_flavour="ort-u8s8",
-    facts={"backend": "onnxruntime CPUExecutionProvider"},
-)

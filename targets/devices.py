@@ -1,7 +1,7 @@
 """Hardware facts per deployable device (peaks for the roofline, memory, DLA).
 
 Numbers are dense (no 2:4 sparsity) peaks from NVIDIA's spec sheets as
-collected in ../shared/DESIGN.md ("Peak figures for roofline estimates").
+collected in docs/targets.md ("Peak figures (dense) for roofline estimates").
 Jetson Thor is not in that table: its figures come from NVIDIA's T5000 module
 spec (1035 FP8 TFLOPS with sparsity, 273 GB/s LPDDR5X, 128 GB, no DLA, 20 SMs
 as reported by the CUDA driver); dense FP16/INT8 are derived from it (FP8

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lowlight.compile.calib_cache import cache_for_float_model, header, read_cache, scales_from_qdq, tensor_names, write_cache
+from lowlight.targets.tensorrt.calib_cache import cache_for_float_model, header, read_cache, scales_from_qdq, tensor_names, write_cache
 
 
 def test_format_and_round_trip(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_cache_names_match_the_float_graph(tmp_path: Path) -> None:
 
 
 def test_engine_build_restamps_the_header_for_the_device_trt(tmp_path: Path) -> None:
-    from lowlight.compile.engine import _cache_for_this_trt
+    from lowlight.targets.tensorrt.engine import _cache_for_this_trt
 
     path = write_cache(tmp_path / "c.cache", {"rgb": 0.5}, 100300)
     out = _cache_for_this_trt(path, "10.3.0.30").decode().splitlines()

@@ -10,11 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lowlight.compile import cmd_build_engine
-from lowlight.compile.engine import build_blocker, psnr
 from lowlight.core.errors import BundleError, TargetError
 from lowlight.runtime.tensorrt_backend import host_trt_version, tensorrt_available
 from lowlight.targets import get_target
+from lowlight.targets.tensorrt import cmd_build_engine
+from lowlight.core.metrics import psnr
+from lowlight.targets.tensorrt.engine import build_blocker
 
 HAVE_TRT = host_trt_version() is not None
 needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="TensorRT cannot be imported here (only tensorrt-stubs are installed)")

@@ -6,10 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lowlight.compile import trt_ops
-from lowlight.compile.op_support import check_model, find_problems
 from lowlight.core.errors import TargetError
 from lowlight.targets import get_target
+from lowlight.targets.tensorrt import trt_ops
+from lowlight.targets.tensorrt.op_support import check_model, find_problems
 
 
 def _model(nodes, inits=(), x_shape=(1, 3, 8, 8), opset=20, extra_opsets=()) -> onnx.ModelProto:
@@ -84,7 +84,7 @@ def test_1d_conv_is_rejected() -> None:
 
 def test_lowered_spectral_graph_passes_10_3() -> None:
     torch = pytest.importorskip("torch")
-    from lowlight.compile.lower_dft import lower_dft
+    from lowlight.compile.passes.dft import lower_dft
 
     class Gate(torch.nn.Module):
         def forward(self, x):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Roofline: exact FLOP counts per node and the DESIGN.md latency formula."""
+"""Roofline: exact FLOP counts per node and the roofline bound of docs/targets.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,7 +51,7 @@ def test_conv_flops_and_orin_latency(tmp_path: Path) -> None:
 
 
 def test_design_example_compute_bound() -> None:
-    # DESIGN.md: AGX Orin FP16, G = 50 GFLOP/MP at 1280x720 -> 1.08 ms compute-bound.
+    # docs/targets.md: AGX Orin FP16, G = 50 GFLOP/MP at 1280x720 -> 1.08 ms compute-bound.
     g_per_mp, mp = 50.0, 1280 * 720 / 1e6
     assert g_per_mp * mp / 42.5 == pytest.approx(1.084, abs=1e-3)
 

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile import cmd_targets
 from lowlight.core.errors import TargetError
+from lowlight.core.trt_version import TrtVersion
 from lowlight.targets import get_target, names
-from lowlight.targets.tensorrt import TrtVersion
 
 ALL = ["jetson-orin", "jetson-orin-agx-32", "jetson-orin-nx-16", "jetson-orin-nano-8", "jetson-thor",
        "rtx-3090", "rtx-4090", "a100", "h100", "cpu"]
@@ -93,12 +93,71 @@ def test_lowering_passes_by_version() -> None:
 def test_version_parsing_and_errors() -> None:
     assert TrtVersion.parse("10.3.0.30") == TrtVersion(10, 3, 0)
     assert TrtVersion.parse("10.3").code == 100300
+    assert TrtVersion.parse("10.3.0.26").code == 100300 and TrtVersion.parse("10.13.2").code == 101302
+    assert TrtVersion.parse("10.0.0b6") == TrtVersion(10, 0, 0)  # early-access tag ignored
+    assert str(TrtVersion.parse("11.4")) == "11.4" and str(TrtVersion.parse(" 10.3.0.26 ")) == "10.3.0"
+    assert TrtVersion.try_parse("?") is None and TrtVersion.try_parse(None) is None and TrtVersion.try_parse("11") is None
+    with pytest.raises(TargetError, match="MAJOR.MINOR"):
+        TrtVersion.parse("eleven")
     with pytest.raises(TargetError):
         get_target("jetson-orin", "eleven")
     with pytest.raises(TargetError):
         get_target("cpu", "10.3")
     with pytest.raises(TargetError, match="unknown target"):
         get_target("jetson-xavier")
+
+
+def test_version_order_and_matching() -> None:
+    v = TrtVersion.parse
+    assert v("10.3") < v("10.13") < v("11.0") < v("11.4.0") < v("11.4.1") < v("11.4")  # "11.4" = newest 11.4.x
+    assert sorted([v("11.4"), v("10.3.0"), v("11.4.1")]) == [v("10.3.0"), v("11.4.1"), v("11.4")]
+    assert v("11.4").at_least(11, 4, 1) and not v("11.4.0").at_least(11, 4, 1) and v("10.3.0.26") >= v("10.3.0")
+    # Engine portability: same major.minor, patch compared only where both know it.
+    assert v("10.3").matches(v("10.3.0.30")) and v("10.3.0.26").matches(v("10.3.0.30"))
+    assert not v("10.3.0").matches(v("10.3.1")) and not v("10.3").matches(v("10.4"))
+
+
+def test_a_target_is_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module dropped into targets/ that lists `TARGETS` is registered, aliases included, with no other edit."""
+    import sys
+
+    import lowlight.targets as registry
+
+    (tmp_path / "toy_npu.py").write_text(
+        "from lowlight.targets.base import Target\n"
+        "TOY = Target(name='toy-npu', summary='a toy NPU', runtime='onnxruntime',\n"
+        "             default_precision='int8', qdq_flavour='ort-u8s8', facts={'backend': 'toy'})\n"
+        "TARGETS = [(TOY, ('toy',))]\n"
+    )
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        toy = get_target("toy")
+        assert toy is get_target("toy-npu") and toy.default_precision == "int8"
+        assert {"toy", "toy-npu", "cpu", "jetson-orin"} <= set(names())
+        assert ("toy-npu", ("toy",)) in [(t.name, a) for t, a in registry.listed()]
+        rows = cmd_targets.rows()
+        assert [r["name"] for r in rows][-1] == "cpu" and any(r["name"] == "toy-npu" for r in rows)
+    finally:
+        sys.modules.pop("lowlight.targets.toy_npu", None)
+
+
+def test_a_malformed_targets_list_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import lowlight.targets as registry
+
+    (tmp_path / "broken_target.py").write_text("TARGETS = ['not-a-target']\n")
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_discovered", False)
+    try:
+        with pytest.raises(TypeError, match="broken_target.TARGETS"):
+            names()
+        assert registry._discovered is False  # the next lookup tries again instead of seeing an empty registry
+    finally:
+        sys.modules.pop("lowlight.targets.broken_target", None)
 
 
 def _tiny_model() -> onnx.ModelProto:
@@ -262,7 +321,7 @@ def _ref_error(bundle: Path, onnx_name: str) -> float:
 
 @pytest.mark.slow
 def test_e2e_jetson_orin_fp16_default(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
-    from lowlight.compile.op_support import find_problems
+    from lowlight.targets.tensorrt.op_support import find_problems
 
     r = _compile(tmp_path, cache_dir, tiny_checkpoint, precision=None)
     m = r.manifest
@@ -280,8 +339,8 @@ def test_e2e_jetson_orin_fp16_default(tmp_path: Path, cache_dir: Path, tiny_chec
 
 @pytest.mark.slow
 def test_e2e_jetson_orin_int8_has_cache_and_exact_float_graph(tmp_path: Path, cache_dir: Path, tiny_checkpoint) -> None:
-    from lowlight.compile.calib_cache import read_cache, tensor_names
-    from lowlight.compile.op_support import find_problems
+    from lowlight.targets.tensorrt.calib_cache import read_cache, tensor_names
+    from lowlight.targets.tensorrt.op_support import find_problems
 
     r = _compile(tmp_path, cache_dir, tiny_checkpoint, precision="int8")
     b = r.bundle
@@ -358,7 +417,7 @@ def test_e2e_unsupported_op_fails_the_compile_with_the_node_named(tmp_path: Path
 
 
 def test_dla_sees_quantized_weights_as_constants() -> None:
-    from lowlight.compile.dla import dla_fallbacks
+    from lowlight.targets.tensorrt.dla import dla_fallbacks
 
     w = numpy_helper.from_array(np.ones((16, 16), np.int8), "w_q")
     sc = numpy_helper.from_array(np.array(0.1, np.float32), "sc")

@@ -1,7 +1,8 @@
 """Static check of everything that touches `tensorrt`, against tensorrt-stubs (10.13).
 
-TensorRT cannot be installed here, so mypy is how the engine builder and the
-TensorRT runtime backend are checked. The stubs have a few syntax errors (a
+TensorRT cannot be installed here, so mypy is how the TensorRT package
+(`targets/tensorrt/`: engine builder, build plan, op checks) and the TensorRT
+runtime backend are checked. The stubs have a few syntax errors (a
 parameter named `in`, a non-default parameter after defaulted ones); they are
 fixed in a temp copy that goes first on MYPYPATH.
 """
@@ -79,15 +80,29 @@ def _fixed_stubs(dest: Path) -> Path:
     return dest
 
 
+FOLDERS = ("core", "compile", "runtime", "kernels", "targets", "calibration", "models")
+#: Checked whole, whether or not a module imports tensorrt itself: the plan and
+#: op checks feed the engine builder.
+TENSORRT_PACKAGE = REPO / "targets" / "tensorrt"
+
+
 def modules_using_tensorrt() -> list[Path]:
-    """Every module of ours that imports tensorrt."""
+    """Every module of ours that imports tensorrt, plus the whole TensorRT package."""
     pat = re.compile(r"^\s*(import tensorrt\b|from tensorrt\b)", re.M)
-    found = []
-    for folder in ("core", "compile", "runtime", "kernels", "targets", "calibration", "models"):
-        for py in sorted((REPO / folder).rglob("*.py")):
+    found = set(TENSORRT_PACKAGE.rglob("*.py"))
+    for folder in FOLDERS:
+        for py in (REPO / folder).rglob("*.py"):
             if pat.search(py.read_text(errors="ignore")):
-                found.append(py)
-    return found
+                found.add(py)
+    return sorted(found)
+
+
+def module_name(path: Path) -> str:
+    """`targets/tensorrt/engine.py` -> `lowlight.targets.tensorrt.engine` (a package's __init__ -> the package)."""
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["lowlight", *parts])
 
 
 def test_stub_fixer_repairs_known_errors() -> None:
@@ -99,14 +114,14 @@ def test_engine_and_backend_typecheck_against_tensorrt_stubs(tmp_path: Path) -> 
     if importlib.util.find_spec("mypy") is None:
         pytest.fail("mypy is not installed (pip install -e '.[dev]')")
     modules = modules_using_tensorrt()
-    names = {p.name for p in modules}
-    assert {"engine.py", "tensorrt_backend.py"} <= names, names
+    names = {p.relative_to(REPO).as_posix() for p in modules}
+    assert {"targets/tensorrt/engine.py", "runtime/tensorrt_backend.py"} <= names, names
     stubs = _fixed_stubs(tmp_path / "stubs")
     # The editable install's import hook is invisible to mypy: expose our
     # folders as the `lowlight` namespace package through symlinks.
     pkg = stubs / "lowlight"
     pkg.mkdir()
-    for folder in ("core", "compile", "runtime", "kernels", "targets", "calibration", "models"):
+    for folder in FOLDERS:
         (pkg / folder).symlink_to(REPO / folder, target_is_directory=True)
     config = tmp_path / "mypy.ini"
     config.write_text(
@@ -114,7 +129,7 @@ def test_engine_and_backend_typecheck_against_tensorrt_stubs(tmp_path: Path) -> 
         "[mypy-tensorrt.*,tensorrt_bindings.*,tensorrt]\nignore_errors = True\n"
         "[mypy-tensorrt_libs.*,tensorrt_libs]\nignore_missing_imports = True\n"
     )
-    mods = [f"lowlight.{p.parent.name}.{p.stem}" for p in modules]
+    mods = [module_name(p) for p in modules]
     env = dict(os.environ, MYPYPATH=str(stubs))
     cmd = [
         sys.executable, "-m", "mypy", "--config-file", str(config), "--python-version", "3.10",

@@ -5,7 +5,7 @@ Sources:
   (github.com/onnx/onnx-tensorrt, commit 6d0ab7be324d02c7feb3a306b6fdbeae84f71ddc),
   every operator marked "Y".
 - Additions per release: onnx-tensorrt `docs/Changelog.md` (8.6 EA ... 10.15 GA).
-- ONNX `DFT`: TensorRT 11.2 (cuFFT-backed), per ../shared/DESIGN.md; 10.x
+- ONNX `DFT`: TensorRT 11.2 (cuFFT-backed), per docs/targets.md; 10.x
   documents `DFT | N`.
 Restrictions listed in `RESTRICTIONS` are the ones from operators.md that can
 bite our graphs; op_support.py checks them.

@@ -11,16 +11,26 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lowlight.targets.tensorrt import TensorRTTarget
+from lowlight.targets.tensorrt.capabilities import CUSTOM_DOMAIN, PLUGIN_NAMESPACE, TrtTargetView
 
 PLAN_FILE = "build_plan.json"
 ENGINE_FILE = "model.engine"
 FLOAT_ONNX = "model_float.onnx"
 CALIB_CACHE = "calibration.cache"
 FINISH_COMMAND = "lowlight-compile build-engine {bundle}"
+
+
+def load_plan(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read a bundle's build_plan.json (BundleError when missing)."""
+    from lowlight.core.errors import BundleError
+
+    path = Path(bundle_dir) / PLAN_FILE
+    if not path.exists():
+        raise BundleError(f"{bundle_dir} has no {PLAN_FILE}", "compile it with a GPU/Jetson --target")
+    plan: dict[str, Any] = json.loads(path.read_text())
+    return plan
 
 
 def workspace_bytes(memory_gb: float) -> int:
@@ -32,11 +42,9 @@ def workspace_bytes(memory_gb: float) -> int:
     return int(min(memory_gb / 4.0, 4.0) * (1 << 30))
 
 
-def make_plan(target: "TensorRTTarget", context: dict[str, Any], bundle_files: dict[str, str]) -> dict[str, Any]:
+def make_plan(target: TrtTargetView, context: dict[str, Any], bundle_files: dict[str, str]) -> dict[str, Any]:
     """The build recipe (JSON-able) for `target` from the pipeline's finish context."""
     import onnx
-
-    from lowlight.targets.tensorrt import CUSTOM_DOMAIN, PLUGIN_NAMESPACE
 
     spec, version, caps = target.spec, target.version, target.caps
     precision = str(context["precision"])
@@ -89,7 +97,7 @@ def make_plan(target: "TensorRTTarget", context: dict[str, Any], bundle_files: d
     }
 
 
-def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: dict[str, Any]) -> dict[str, Any]:
+def finish_tensorrt_bundle(target: TrtTargetView, staging_dir: str, context: dict[str, Any]) -> dict[str, Any]:
     """Write plan (+ float ONNX and calibration cache for 10.x INT8); build if this host can.
 
     Returns manifest entries: "engine" (None until built: {"file", "trt_version",
@@ -97,8 +105,8 @@ def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: 
     """
     import onnx
 
-    from lowlight.compile.calib_cache import cache_for_float_model
-    from lowlight.compile.engine import build_blocker
+    from lowlight.targets.tensorrt.calib_cache import cache_for_float_model
+    from lowlight.targets.tensorrt.engine import build_blocker
 
     staging = Path(staging_dir)
     caps = target.caps
@@ -138,7 +146,7 @@ def finish_tensorrt_bundle(target: "TensorRTTarget", staging_dir: str, context: 
         entries["notes"] = notes
     blocker = build_blocker(target)
     if blocker is None:
-        from lowlight.compile.engine import build_engine
+        from lowlight.targets.tensorrt.engine import build_engine
 
         info = build_engine(staging, plan, Path(str(context.get("cache_dir", staging))))
         entries["engine"] = info

@@ -39,9 +39,11 @@ def update_manifest(bundle: Path, entries: dict[str, Any], section: dict[str, An
 
 def run(args: argparse.Namespace) -> int:
     """Build (and verify) the engine described by the bundle's plan."""
-    from lowlight.compile.engine import build_blocker, build_engine, load_plan, verify_engine
     from lowlight.core.errors import BundleError, TargetError
     from lowlight.targets import get_target
+    from lowlight.targets.tensorrt.build_plan import load_plan
+    from lowlight.targets.tensorrt.engine import build_blocker, build_engine, verify_engine
+    from lowlight.targets.tensorrt.target import TensorRTTarget
 
     bundle = Path(args.bundle)
     if not (bundle / "manifest.json").exists():
@@ -55,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     if engine_path.exists() and not args.force:
         print(f"{engine_path} exists; use --force to rebuild")
         return 0
-    from lowlight.targets.tensorrt import TensorRTTarget
-
     target = get_target(str(plan["target"]), str(plan["trt_version"]))
     if not isinstance(target, TensorRTTarget):
         raise BundleError(f"{bundle}'s plan names target {plan['target']!r}, which does not use TensorRT", "recompile for a GPU target")

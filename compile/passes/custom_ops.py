@@ -21,7 +21,8 @@ from __future__ import annotations
 import onnx
 import onnx.inliner
 
-DOMAIN = "lowlight"
+from lowlight.core.onnx_graph import CUSTOM_DOMAIN as DOMAIN
+
 #: Op types with a TensorRT AOT plugin (kernels/trt_plugins.py).
 PLUGIN_OPS = ("SpectralGate", "IlluminationGate")
 

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowlight.compile import trt_ops
+from lowlight.targets.tensorrt import trt_ops
+from lowlight.targets.tensorrt.capabilities import CUSTOM_DOMAIN, TrtTargetView
 
 if TYPE_CHECKING:
     import onnx
-
-    from lowlight.targets.tensorrt import TensorRTTarget
 
 
 @dataclass(frozen=True)
@@ -32,10 +31,12 @@ class Problem:
         return f"{self.node} ({self.op_type}): {self.why}; fix: {self.fix}"
 
 
-def find_problems(model: "onnx.ModelProto", target: "TensorRTTarget") -> list[Problem]:
+def find_problems(model: "onnx.ModelProto", target: TrtTargetView) -> list[Problem]:
     """All nodes of `model` (and of its If/Loop/Scan bodies) that `target`'s TensorRT parser would reject."""
     import onnx
     from onnx import numpy_helper
+
+    from lowlight.core.onnx_graph import constant_node_value
 
     version = target.version
     vkey = (version.major, version.minor)
@@ -50,7 +51,7 @@ def find_problems(model: "onnx.ModelProto", target: "TensorRTTarget") -> list[Pr
         consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
         for n in graph.node:
             if n.op_type == "Constant":  # value, value_ints, value_float...: all constant weights to TensorRT
-                consts[n.output[0]] = _constant_value(n)
+                consts[n.output[0]] = constant_node_value(n)
         for i, node in enumerate(graph.node):
             for a in node.attribute:
                 sub = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
@@ -63,11 +64,9 @@ def find_problems(model: "onnx.ModelProto", target: "TensorRTTarget") -> list[Pr
 
 def _graph_problems(
     graph: "onnx.GraphProto", prefix: str, consts: dict[str, np.ndarray], ranks: dict[str, int],
-    target: "TensorRTTarget", ops: frozenset[str], vkey: tuple[int, int],
+    target: TrtTargetView, ops: frozenset[str], vkey: tuple[int, int],
 ) -> list[Problem]:
     from onnx import helper
-
-    from lowlight.targets.tensorrt import CUSTOM_DOMAIN
 
     version, caps = target.version, target.caps
     problems: list[Problem] = []
@@ -125,7 +124,7 @@ def _graph_problems(
     return problems
 
 
-def check_model(model: "onnx.ModelProto", target: "TensorRTTarget") -> None:
+def check_model(model: "onnx.ModelProto", target: TrtTargetView) -> None:
     """Raise TargetError listing every node `target` cannot run; silent when all pass."""
     from lowlight.core.errors import TargetError
 
@@ -140,36 +139,12 @@ def check_model(model: "onnx.ModelProto", target: "TensorRTTarget") -> None:
     )
 
 
-def _constant_value(node: "onnx.NodeProto") -> np.ndarray:
-    """The value of a Constant node, whatever attribute carries it."""
-    from onnx import helper, numpy_helper
-
-    attr = node.attribute[0]
-    if attr.name == "value":
-        return numpy_helper.to_array(attr.t)
-    if attr.name in ("sparse_value",):
-        return np.zeros(0)
-    return np.asarray(helper.get_attribute_value(attr))
-
-
 def _s(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _ranks(model: "onnx.ModelProto") -> dict[str, int]:
-    """Tensor name -> rank, from shape inference (missing where unknown)."""
-    from onnx import shape_inference
+    """Tensor name -> rank, from the one shape inference of `core.onnx_graph` (missing where unknown)."""
+    from lowlight.core.onnx_graph import GraphIndex
 
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is advisory here
-        inferred = model
-    out: dict[str, int] = {}
-    g = inferred.graph
-    for vi in (*g.value_info, *g.input, *g.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            out[vi.name] = len(tt.shape.dim)
-    for init in g.initializer:
-        out[init.name] = len(init.dims)
-    return out
+    return {name: len(dims) for name, dims in GraphIndex(model).shapes.items()}

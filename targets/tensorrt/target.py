@@ -1,128 +1,40 @@
-"""TensorRT targets: what a device's TensorRT version can do, and the passes that follow.
+"""`TensorRTTarget`: a GPU or Jetson and the TensorRT version it runs.
 
-Capability facts (re-checked against NVIDIA's docs/changelogs, see DESIGN.md):
-- ONNX `DFT` in the TensorRT parser only from 11.2 (cuFFT-backed); 10.x rejects it.
-- Python plugins (`tensorrt.plugin`): JIT from 10.6; AOT plugins parsed from
-  ONNX from 10.9 (onnx-tensorrt changelog: "10.9: Added support for Python AOT plugins").
-- Strongly typed networks only from 11.0: INT8 arrives as Q/DQ, no calibrator API.
-- Implicit INT8 with a calibration cache: 10.x and older.
-- DLA: in 10.x on Orin; absent in 11.0-11.3; back in 11.4.1 on AGX Orin only.
-- IMoELayer: TensorRT 11 on SM 10.x/11.x only (so never on Orin, sm_87).
+The target picks its lowering passes from `lowlight.compile.passes` by what
+its TensorRT can parse (capabilities.py), checks the graph (op_support.py,
+dla.py) and finishes the bundle (build_plan.py). One target per device in
+`targets/devices.py`; `--trt-version` rebinds a target to another TensorRT.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lowlight.targets.base import LoweringPass, Target
+from lowlight.compile.passes import LoweringPass
+from lowlight.core.trt_version import TrtVersion
+from lowlight.targets.base import Target
 from lowlight.targets.devices import DEVICES, DeviceSpec
+from lowlight.targets.tensorrt.capabilities import CUSTOM_DOMAIN, PLUGIN_NAMESPACE, Capabilities, capabilities
 
 if TYPE_CHECKING:
     import onnx
-
-#: ONNX domain of our custom nodes (SpectralGate, IlluminationGate, MoETop2)
-#: and the TensorRT plugin namespace their AOT plugins register under.
-CUSTOM_DOMAIN = "lowlight"
-PLUGIN_NAMESPACE = "lowlight"
-
-
-@dataclass(frozen=True, order=True)
-class TrtVersion:
-    """A TensorRT version. A missing patch ("11.4") means the newest 11.4.x."""
-
-    major: int
-    minor: int
-    patch: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "TrtVersion":
-        """Parse "10.3", "11.4.1" or "10.3.0.30" (build numbers ignored)."""
-        from lowlight.core.errors import TargetError
-
-        parts = str(text).strip().split(".")
-        try:
-            nums = [int(p) for p in parts[:3]]
-        except ValueError:
-            nums = []
-        if len(nums) < 2:
-            raise TargetError(f"cannot read TensorRT version {text!r}", "write it as MAJOR.MINOR[.PATCH], e.g. 10.3 or 11.4.1")
-        return cls(nums[0], nums[1], nums[2] if len(nums) > 2 else None)
-
-    def at_least(self, major: int, minor: int, patch: int = 0) -> bool:
-        """True if this version is >= major.minor.patch (missing patch: newest)."""
-        own = (self.major, self.minor, 1 << 30 if self.patch is None else self.patch)
-        return own >= (major, minor, patch)
-
-    @property
-    def code(self) -> int:
-        """NV_TENSORRT_VERSION style number: 10.3.0 -> 100300 (calibration cache header)."""
-        return self.major * 10000 + self.minor * 100 + (self.patch or 0)
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}" + ("" if self.patch is None else f".{self.patch}")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What one TensorRT version can do on one device."""
-
-    onnx_dft: bool
-    jit_plugins: bool
-    aot_plugins: bool
-    strongly_typed_only: bool
-    implicit_int8_cache: bool
-    dla: bool
-    dla_reason: str
-    imoe_layer: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def capabilities(device: DeviceSpec, version: TrtVersion) -> Capabilities:
-    """Derive the capability set of `version` on `device` (tables in the module doc)."""
-    v = version
-    agx_orin = device.key.startswith("jetson-orin-agx")
-    if device.dla_cores == 0:
-        dla, why = False, f"{device.display} has no DLA"
-    elif not v.at_least(11, 0):
-        dla, why = True, f"{device.dla_cores} DLA cores, TensorRT {v} supports them"
-    elif not v.at_least(11, 4, 1):
-        dla, why = False, f"TensorRT {v} has no DLA support (absent in 11.0-11.3; back in 11.4.1 on AGX Orin)"
-    elif agx_orin:
-        dla, why = True, f"{device.dla_cores} DLA cores, DLA is back in TensorRT 11.4.1+ on AGX Orin"
-    else:
-        dla, why = False, f"TensorRT {v} supports DLA on AGX Orin only, not on {device.display}"
-    return Capabilities(
-        onnx_dft=v.at_least(11, 2),
-        jit_plugins=v.at_least(10, 6),
-        aot_plugins=v.at_least(10, 9),
-        strongly_typed_only=v.at_least(11, 0),
-        implicit_int8_cache=not v.at_least(11, 0),
-        dla=dla,
-        dla_reason=why,
-        imoe_layer=v.at_least(11, 0) and device.compute_capability[0] >= 10,
-    )
 
 
 def _decompose_custom_ops(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """Replace lowlight-domain nodes by standard ONNX ops (no plugins on this TensorRT)."""
     if not _has_custom_nodes(model):
         return model
-    from lowlight.compile.lower_custom_ops import decompose_custom_ops  # lazy: written in parallel
+    from lowlight.compile.passes.custom_ops import decompose_custom_ops
 
     return decompose_custom_ops(model)
 
 
 def _to_plugin_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """Turn our custom ops (or their subgraphs) into AOT plugin nodes where a kernel exists."""
-    try:
-        from lowlight.compile.lower_custom_ops import to_plugin_nodes  # lazy: written in parallel
-    except ImportError:
-        if _has_custom_nodes(model):
-            raise
-        return model  # nothing to do, and nothing to do it with
+    if not _has_custom_nodes(model):
+        return model
+    from lowlight.compile.passes.custom_ops import to_plugin_nodes
+
     out = to_plugin_nodes(model, PLUGIN_NAMESPACE)
     if not _has_custom_nodes(out):
         return out
@@ -137,7 +49,7 @@ def _to_plugin_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 
 def _lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    from lowlight.compile.lower_dft import lower_dft
+    from lowlight.compile.passes.dft import lower_dft
 
     return lower_dft(model)
 
@@ -187,8 +99,8 @@ class TensorRTTarget(Target):
 
     def check_graph(self, model: "onnx.ModelProto", options: dict[str, Any]) -> list[str]:
         """Fail on ops this TensorRT cannot parse; with --dla, list layers that fall back to the GPU."""
-        from lowlight.compile.op_support import check_model
         from lowlight.core.errors import TargetError
+        from lowlight.targets.tensorrt.op_support import check_model
 
         check_model(model, self)
         warnings: list[str] = []
@@ -203,14 +115,14 @@ class TensorRTTarget(Target):
             precision = options.get("precision", self.default_precision)
             if precision not in ("fp16", "int8"):
                 raise TargetError(f"DLA runs FP16 or INT8 only, not {precision}", "use --precision fp16 or int8 with --dla")
-            from lowlight.compile.dla import dla_report
+            from lowlight.targets.tensorrt.dla import dla_report
 
             warnings.extend(dla_report(model))
         return warnings
 
     def finish_bundle(self, staging_dir: str, context: dict[str, Any]) -> dict[str, Any]:
         """Write the build plan (+ calibration cache for 10.x INT8); build the engine if this host can."""
-        from lowlight.compile.build_plan import finish_tensorrt_bundle
+        from lowlight.targets.tensorrt.build_plan import finish_tensorrt_bundle
 
         return finish_tensorrt_bundle(self, staging_dir, context)
 

@@ -1,6 +1,6 @@
 """Which layers Orin's DLA cannot run (they fall back to the GPU), before building.
 
-Rules (../shared/DESIGN.md; TensorRT "DLA Supported Layers and Restrictions"):
+Rules (docs/targets.md; TensorRT "DLA Supported Layers and Restrictions"):
 FP16/INT8 only, static shapes, no Div/Exp/Sqrt/Pow, MatMul needs a constant
 operand, non-batch dims <= 8192; other layer kinds outside the supported list
 fall back to the GPU when GPU fallback is on (we always turn it on). The
@@ -39,7 +39,7 @@ class Fallback:
 
 def dla_fallbacks(model: "onnx.ModelProto") -> list[Fallback]:
     """Nodes DLA cannot run, with the reason; Constant nodes are never listed."""
-    from onnx import shape_inference
+    from lowlight.core.onnx_graph import GraphIndex
 
     graph = model.graph
     consts = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
@@ -47,15 +47,7 @@ def dla_fallbacks(model: "onnx.ModelProto") -> list[Fallback]:
     for n in graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast") and n.input[0] in consts:
             consts.update(n.output)
-    try:
-        inferred = shape_inference.infer_shapes(model)
-    except Exception:  # advisory report: carry on without shapes
-        inferred = model
-    dims: dict[str, list[int | None]] = {}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    dims = {name: list(s) for name, s in GraphIndex(model).shapes.items()}  # advisory: unknown where inference fails
 
     out: list[Fallback] = []
     for i, node in enumerate(graph.node):

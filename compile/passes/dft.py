@@ -96,41 +96,28 @@ def lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
     raises TargetError naming the node otherwise.
     """
     import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, numpy_helper
 
     from lowlight.core.errors import TargetError
+    from lowlight.core.onnx_graph import GraphIndex
 
     if not any(n.op_type == "DFT" for n in model.graph.node):
         return model
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    inferred = shape_inference.infer_shapes(model, data_prop=True)
-    shapes: dict[str, tuple[list[int | None], int]] = {}
-    for vi in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-            shapes[vi.name] = (dims, tt.elem_type)
+    index = GraphIndex(model)
+    shapes: dict[str, tuple[list[int | None], int]] = {
+        name: (list(dims), index.elem_type(name) or 0) for name, dims in index.shapes.items()
+    }
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    const_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
     graph_outputs = {o.name for o in graph.output}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 20)
 
-    def const_value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        node = const_nodes.get(name)
-        if node is not None:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    return np.array(helper.get_attribute_value(a))
-        return None
+    const_value = index.constant
 
     def consumers(name: str) -> list[onnx.NodeProto]:
+        # a live scan, not the index: this pass removes and inserts nodes as it goes
         return [n for n in graph.node if name in n.input]
 
     def producer(name: str) -> onnx.NodeProto | None:

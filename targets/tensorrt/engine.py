@@ -8,19 +8,19 @@ fallback when asked, and our AOT plugins registered before parsing.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from lowlight.core.trt_version import TrtVersion
+from lowlight.targets.tensorrt.capabilities import TrtTargetView
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from lowlight.targets.tensorrt import TensorRTTarget
 
-
-def build_blocker(target: "TensorRTTarget") -> str | None:
+def build_blocker(target: TrtTargetView) -> str | None:
     """Why this host cannot build `target`'s engine, or None when it can."""
     from lowlight.runtime.tensorrt_backend import host_gpu_arch, host_is_jetson, host_trt_version
 
@@ -35,9 +35,8 @@ def build_blocker(target: "TensorRTTarget") -> str | None:
         return "this host has no usable CUDA GPU (or pycuda is missing)"
     if arch != target.spec.arch:
         return f"this host's GPU is {arch}, the target is {target.spec.arch} (engines are not portable across architectures)"
-    want = target.version
-    got = have_trt.split(".")
-    if (int(got[0]), int(got[1])) != (want.major, want.minor) or (want.patch is not None and len(got) > 2 and int(got[2]) != want.patch):
+    want, got = target.version, TrtVersion.try_parse(have_trt)
+    if got is None or not want.matches(got):
         return f"this host has TensorRT {have_trt}, the target runs TensorRT {want} (engines are not portable across versions)"
     return None
 
@@ -70,11 +69,10 @@ def _cache_for_this_trt(path: Path, trt_version: str) -> bytes:
     TensorRT ignores a cache whose header names another version; the plan's
     version may lack the patch level the device reports.
     """
-    from lowlight.compile.calib_cache import ALGORITHM, header
+    from lowlight.targets.tensorrt.calib_cache import ALGORITHM, header
 
-    parts = [int("".join(c for c in p if c.isdigit()) or 0) for p in trt_version.split(".")[:3]] + [0, 0]
     lines = path.read_text().splitlines()
-    lines[0] = header(parts[0] * 10000 + parts[1] * 100 + parts[2], ALGORITHM)
+    lines[0] = header(TrtVersion.parse(trt_version).code, ALGORITHM)
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -158,41 +156,35 @@ def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | 
     }
 
 
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> float:
-    """PSNR in dB of `a` against `b` (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(data_range**2 / mse))
-
-
 def verify_engine(bundle_dir: str | Path, plan: dict[str, Any]) -> dict[str, Any]:
-    """Run the engine on the bundled reference inputs; PSNR vs the FP32 PyTorch outputs."""
+    """Run the engine on each bundled reference input; compare with the reference outputs.
+
+    The comparison is `core.metrics.compare_outputs`, the one the compiler's verify
+    stage uses on the host, so host and device numbers mean the same thing.
+    """
     from lowlight.core.errors import VerificationError
+    from lowlight.core.metrics import compare_outputs
     from lowlight.runtime.tensorrt_backend import TensorRTBackend
 
     bundle = Path(bundle_dir)
     ref = np.load(bundle / str(plan["verify"]["reference"]))
     backend = TensorRTBackend(bundle / str(plan["engine"]))
     inputs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("input:"))
-    outputs = backend.run({n: ref[f"input:{n}"] for n in inputs})
-    scores = {n: psnr(outputs[n], ref[f"output:{n}"]) for n in backend.output_names if f"output:{n}" in ref.files}
+    names = [n for n in backend.output_names if f"output:{n}" in ref.files]
+    samples = int(ref[f"input:{inputs[0]}"].shape[0]) if inputs else 0
+    per_sample: list[dict[str, dict[str, float]]] = []
+    for i in range(samples):  # reference.npz stacks samples on a leading axis
+        outputs = backend.run({n: ref[f"input:{n}"][i] for n in inputs})
+        want = {n: ref[f"output:{n}"][i] for n in names}
+        float_outs = [n for n in names if np.issubdtype(want[n].dtype, np.floating)]
+        per_sample.append(compare_outputs(outputs, want, float_outs))
+    scores = {n: min(s[n].get("psnr_db", float("inf")) for s in per_sample) for n in names} if per_sample else {}
     worst = min(scores.values()) if scores else float("inf")
     floor = float(plan["verify"]["min_fidelity"])
-    result = {"fidelity_psnr_db": scores, "min_fidelity": floor, "passed": worst >= floor}
+    result = {"fidelity_psnr_db": scores, "per_sample": per_sample, "min_fidelity": floor, "passed": worst >= floor}
     if worst < floor:
         raise VerificationError(
-            f"engine output is {worst:.2f} dB from the FP32 reference, below {floor} dB",
+            f"engine output is {worst:.2f} dB from the FP32 reference (worst sample), below {floor} dB",
             "rebuild with --precision fp16, or recompile with more calibration frames",
         )
     return result
-
-
-def load_plan(bundle_dir: str | Path) -> dict[str, Any]:
-    """Read a bundle's build_plan.json (BundleError when missing)."""
-    from lowlight.compile.build_plan import PLAN_FILE
-    from lowlight.core.errors import BundleError
-
-    path = Path(bundle_dir) / PLAN_FILE
-    if not path.exists():
-        raise BundleError(f"{bundle_dir} has no {PLAN_FILE}", "compile it with a GPU/Jetson --target")
-    plan: dict[str, Any] = json.loads(path.read_text())
-    return plan
