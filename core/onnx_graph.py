@@ -138,7 +138,11 @@ def name_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 def ort_session(model: "str | Path | bytes", threads: int | None = None, profile_prefix: str | None = None,
                 providers: list[str] | None = None) -> Any:
-    """One onnxruntime InferenceSession (quiet logging, CPU unless `providers` says otherwise)."""
+    """One onnxruntime InferenceSession (quiet logging, CPU unless `providers` says otherwise).
+
+    With only the CPU provider, ORT's fallback would retry the same load (printing a
+    banner to stdout), so a damaged model would fail twice, noisily: it is off then.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -149,4 +153,5 @@ def ort_session(model: "str | Path | bytes", threads: int | None = None, profile
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=providers or ["CPUExecutionProvider"])
+    providers = providers or ["CPUExecutionProvider"]
+    return ort.InferenceSession(src, opts, providers=providers, enable_fallback=int(providers != ["CPUExecutionProvider"]))

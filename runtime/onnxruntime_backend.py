@@ -26,21 +26,10 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model_path: str | Path, providers: list[str] | None = None, threads: int | None = None, profile_prefix: str | None = None) -> None:
-        import onnxruntime as ort
+        from lowlight.core.onnx_graph import ort_session
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        if profile_prefix:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = profile_prefix
-        providers = providers or ["CPUExecutionProvider"]
-        # ORT's fallback retries on the CPU and prints a banner to stdout: with only the CPU
-        # provider it would retry the same load, so a damaged model would fail twice, noisily.
-        fallback = int(providers != ["CPUExecutionProvider"])
         try:
-            self.session = ort.InferenceSession(str(model_path), opts, providers=providers, enable_fallback=fallback)
+            self.session = ort_session(model_path, threads=threads, profile_prefix=profile_prefix, providers=providers)
         except MemoryError:
             raise
         except Exception as exc:  # ORT raises its own Exception subclasses (InvalidProtobuf, Fail, NoSuchFile...)

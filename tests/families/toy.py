@@ -35,15 +35,10 @@ class Denoiser(nn.Module):
         return (rgb + 0.1 * self.body(rgb)).clamp(0, 1)
 
 
-class ToyDenoiser(Family):
-    name = "toy-denoiser"
-    configs = {"tiny": 8}
-    default_config = "tiny"
-    keep_float = KeepFloat(boundary_convs=True)
+class ImageFamily(Family):
+    """What both toys share: one `rgb` image input, frames fitted to it."""
 
-    def build(self, config: str, **options: str) -> nn.Module:
-        torch.manual_seed(0)
-        return Denoiser(self.configs[config])
+    default_config = "tiny"
 
     def default_shape(self, config: str, **options: str) -> str:
         return "1x3x32x32"
@@ -53,6 +48,16 @@ class ToyDenoiser(Family):
 
     def make_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0, **options: str) -> list[dict[str, np.ndarray]]:
         return image_batches(frames, _shape(shape))
+
+
+class ToyDenoiser(ImageFamily):
+    name = "toy-denoiser"
+    configs = {"tiny": 8}
+    keep_float = KeepFloat(boundary_convs=True)
+
+    def build(self, config: str, **options: str) -> nn.Module:
+        torch.manual_seed(0)
+        return Denoiser(self.configs[config])
 
 
 class Encoder(nn.Module):
@@ -107,25 +112,15 @@ class Unrolled(nn.Module):
         return self.m.decoder(z, rgb)
 
 
-class ToyIterative(Family):
+class ToyIterative(ImageFamily):
     name = "toy-iterative"
     configs = {"tiny": 4}
-    default_config = "tiny"
     options = (Option("unroll", ("no", "yes"), "no", "run the K steps as one graph"),)
     keep_float = KeepFloat()  # every conv is a boundary conv here: quantize them all
 
     def build(self, config: str, **options: str) -> nn.Module:
         torch.manual_seed(1)
         return ToyModel(self.configs[config])
-
-    def default_shape(self, config: str, **options: str) -> str:
-        return "1x3x32x32"
-
-    def inputs(self, shape: str, config: str, **options: str) -> list[Tensor]:
-        return [Tensor("rgb", _shape(shape), "BCHW")]
-
-    def make_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0, **options: str) -> list[dict[str, np.ndarray]]:
-        return image_batches(frames, _shape(shape))
 
     def constants(self, config: str, **options: str) -> dict[str, np.ndarray]:
         return {"timesteps": np.linspace(1.0, 0.0, STEPS, dtype=np.float32).reshape(STEPS, 1)}
