@@ -46,7 +46,7 @@ def _top_help() -> str:
         "       lowlight-compile SUBCOMMAND [options]\n\n"
         "Compile a low-light enhancement model into a verified deployment bundle.\n\n"
         f"subcommands:\n{rows}\n\n"
-        "  lowlight-compile --model amnet --help    every compile option (family options included)\n"
+        "  lowlight-compile --model FAMILY --help   every compile option, that family's own flags included\n"
         "  lowlight-compile SUBCOMMAND --help       that subcommand's options\n"
         "  lowlight-compile --version\n"
     )

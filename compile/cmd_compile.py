@@ -1,8 +1,7 @@
 """`lowlight-compile [CHECKPOINT|MODEL.onnx] --model FAMILY --target T ...`: checkpoint in, verified bundle out.
 
-The model family's declared options become flags here (e.g. `--experts` for
-gmmoe): the parser is built after `--model` is known, so this file never names
-a family or one of its options.
+The model family's declared options become flags here: the parser is built
+after `--model` is known, so this file never names a family or one of its options.
 """
 from __future__ import annotations
 
@@ -10,16 +9,16 @@ import argparse
 from typing import Any
 
 from lowlight.compile.cli_types import nonneg_float, positive_int, shape_text
+from lowlight.models.family import default_family
 
 SUMMARY = "compile a checkpoint (or an ONNX file, or your own model) into a verified bundle"
-DEFAULT_MODEL = "amnet"
 
 
 def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     """Flags of the compile command; `family` adds its declared options."""
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="safetensors or weights-only state_dict checkpoint, or an ONNX model file (default: the family's shipped reference weights)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=default_family(),
                    help="model family (`lowlight-compile zoo list`), path/to/file.py:Name for your own model, or an installed `lowlight.families` entry point")
     p.add_argument("--config", default=None,
                    help="model config, 'auto' (read the layout from the checkpoint), or the official options FILE.yml "
@@ -49,12 +48,12 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
 
 
 def family_for(argv: list[str]) -> Any:
-    """The family named by --model in argv (default amnet), so its options can become flags."""
+    """The family named by --model in argv (default: the one that says it is), so its options can become flags."""
     from lowlight.models import get_family
 
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("checkpoint", nargs="?")
-    peek.add_argument("--model", default=DEFAULT_MODEL)
+    peek.add_argument("--model", default=default_family())
     known, _ = peek.parse_known_args(argv)
     if known.checkpoint and str(known.checkpoint).lower().endswith(".onnx"):
         return None  # an ONNX file brings its own inputs: no family options

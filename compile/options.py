@@ -10,7 +10,7 @@ class CompileOptions:
     """Options of one `lowlight-compile` run (see `lowlight-compile --help`)."""
 
     checkpoint: str | None = None  # None: the shipped reference weights
-    model: str = "amnet"
+    model: str | None = None  # None: the default family (lowlight.models.family.default_family)
     config: str | None = None  # None: the family's default config
     target: str = "cpu"
     precision: str | None = None  # None: the target's default

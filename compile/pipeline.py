@@ -7,6 +7,7 @@ precision, Q/DQ flavour, final build step) comes from its `Target` object.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -97,8 +98,11 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         from lowlight.models import get_family
 
         from lowlight.models import resolve_config
+        from lowlight.models.family import default_family
 
-        fam = get_family(opts.model)
+        if opts.model is None:
+            opts = dataclasses.replace(opts, model=default_family())
+        fam = get_family(str(opts.model))
         fopts = fam.resolve_options(dict(opts.family_options))
         # With a checkpoint, --config defaults to auto: the layout is read from the checkpoint.
         wanted = opts.config if opts.config is not None else ("auto" if opts.checkpoint else None)

@@ -323,6 +323,7 @@ class AMNetFamily(Family):
     summary = "AnyMod-LLVE: low-light video enhancement, optional event/IR inputs"
     configs = dict(CONFIGS)
     default_config = "base"
+    default_family = True  # the reference model of `make demo`
     options = (Option("modalities", MODALITY_SETS, "rgb", "AMNet inputs, fixed per bundle"),)
     weights = {"tiny": "amnet_tiny.safetensors", "base": "amnet_base.safetensors"}
     trainer = "lowlight.models.train_amnet:train"

@@ -133,6 +133,8 @@ class Family:
     trainer: ClassVar[str | None] = None
     keep_float: ClassVar[KeepFloat] = KeepFloat()
     quantize_branches: ClassVar[bool] = False
+    #: The family `lowlight-compile` compiles when --model is not given (one family says so).
+    default_family: ClassVar[bool] = False
     #: Output names of the default single component, in the module's return order.
     output_names: ClassVar[tuple[str, ...]] = ("enhanced",)
 
@@ -325,6 +327,13 @@ def get_family(name: str) -> Family:
             f"use --model with one of: {', '.join(sorted(_FAMILIES))}, or path/to/file.py:Name for your own model",
         )
     return _FAMILIES[name]
+
+
+def default_family() -> str:
+    """The family compiled when --model is not given: the discovered one marked `default_family = True`."""
+    names = family_names()
+    marked = [n for n in names if _FAMILIES[n].default_family]
+    return marked[0] if marked else names[0]
 
 
 def family_names() -> list[str]:
