@@ -17,6 +17,12 @@ SUBCOMMANDS = {
     "zoo": "lowlight.compile.cmd_zoo",
     "targets": "lowlight.compile.cmd_targets",
     "build-engine": "lowlight.targets.tensorrt.cmd_build_engine",
+    "compare": "lowlight.compile.cmd_compare",
+}
+#: subcommand -> "module:function(args)" run after it succeeded: composition that keeps
+#: lower layers (the TensorRT package) from importing the compiler's reports.
+AFTER = {
+    "build-engine": "lowlight.compile.profile:refresh_after_engine",
 }
 #: shown without importing the modules (bare `lowlight-compile` must answer fast)
 SUMMARIES = {
@@ -24,18 +30,11 @@ SUMMARIES = {
     "zoo": "reference models: list them, or reproduce their weights",
     "targets": "list deployment targets and what their TensorRT can do",
     "build-engine": "on the device: build the TensorRT engine of a bundle and verify it",
+    "compare": "compare two bundles' latency and fidelity side by side (Markdown or JSON)",
 }
 
 
-def version() -> str:
-    """The installed lowlight-compile version."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as v
-
-    try:
-        return v("lowlight-compile")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+from lowlight.core.about import version  # noqa: E402  (re-exported: `lowlight-compile --version`)
 
 
 def _top_help() -> str:
@@ -68,7 +67,12 @@ def _subcommand(name: str, argv: list[str]) -> int:
     mod = importlib.import_module(SUBCOMMANDS[name])
     p = parser(f"lowlight-compile {name}", (mod.__doc__ or SUMMARIES[name]).strip().splitlines()[0])
     mod.add_arguments(p)
-    return int(mod.run(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    rc = int(mod.run(args))
+    if rc == 0 and name in AFTER and getattr(args, "bundle", None):
+        module, _, fn = AFTER[name].partition(":")
+        getattr(importlib.import_module(module), fn)(args.bundle)
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from lowlight.compile.graph import fill_dft_lengths
-from lowlight.core.onnx_graph import CUSTOM_DOMAIN, name_nodes
+from lowlight.core.onnx_graph import CUSTOM_DOMAIN, NODE_MODULES_KEY, name_nodes, node_modules  # noqa: F401  (node_modules re-exported)
 
 if TYPE_CHECKING:
     import onnx
@@ -158,4 +158,47 @@ def export_onnx(
         from lowlight.kernels.onnx_export import attach_functions
 
         model = attach_functions(model)
-    return save_onnx(name_nodes(fill_dft_lengths(model)), path, external_data_bytes)
+    return save_onnx(keep_module_paths(name_nodes(fill_dft_lengths(model))), path, external_data_bytes)
+
+
+#: Model-level metadata key holding {node name: {"module", "class"}} from export. Node-level
+#: metadata (the exporter's `pkg.torch.onnx.name_scopes`) is dropped by onnxsim and by the
+#: quantizers; model-level `metadata_props` survive them, and node names survive too, so
+#: the per-layer profile can still say which PyTorch module a node of the final graph came from.
+
+
+def module_path(node: "onnx.NodeProto") -> dict[str, str] | None:
+    """The PyTorch module a dynamo-exported node belongs to, from its `name_scopes`/`class_hierarchy` metadata.
+
+    name_scopes is ['', 'model.encoder', 'model.encoder.inc', 'conv2d']: the last entry is
+    the FX node, the one before it the innermost module (module path as in `named_modules()`).
+    """
+    import ast
+
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        classes = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(scopes, list) or len(scopes) < 2:
+        return None
+    modules = [s for s in scopes[:-1] if s]
+    cls = classes[-2] if isinstance(classes, list) and len(classes) >= 2 else ""
+    return {"module": modules[-1] if modules else "", "class": str(cls)}
+
+
+def keep_module_paths(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """Record node name -> PyTorch module path in the model's metadata_props (see NODE_MODULES_KEY)."""
+    import json
+
+    mapping = {n.name: mp for n in model.graph.node if (mp := module_path(n)) is not None}
+    if mapping:
+        for p in list(model.metadata_props):
+            if p.key == NODE_MODULES_KEY:
+                model.metadata_props.remove(p)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = NODE_MODULES_KEY, json.dumps(mapping, separators=(",", ":"))
+    return model
+
+

@@ -203,8 +203,15 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
         if gt_frames and image_outputs and plan.inputs[0].layout in ("BCHW", "BTCHW"):
             gt_feeds, gt = _ground_truth_pairs(plan, gt_frames)
             gt_ref = [plan.reference(f) for f in gt_feeds]
+        # TensorRT targets: onnxruntime runs the same graph here; the engine is verified on the device (build-engine).
+        emulation = (f"onnxruntime on this host's CPU, running the ONNX graph the {target.name} TensorRT engine is built from; "
+                     "the engine itself is verified on the device by `lowlight-compile build-engine`, which records it in the manifest"
+                     if target.runtime == "tensorrt" else None)
+        worst: list[Any] = []
         verification = verify(run_artifact, reference, feeds, opts.min_fidelity, opts.max_drop, image_outputs,
-                              gt_feeds, gt_ref, gt, precision=precision, reference_label=plan.reference_label)
+                              gt_feeds, gt_ref, gt, precision=precision, reference_label=plan.reference_label,
+                              emulation=emulation, worst=worst)
+        reports["_worst_samples"] = (worst, image_outputs[0] if image_outputs else None, plan.inputs[0].name)
         note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
         )
@@ -427,8 +434,30 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
     )
     if plan.constants:
         np.savez(st / "constants.npz", **plan.constants)
+    # The verify stage hands over its worst samples (in `reports`, popped: they are arrays, not manifest material).
+    worst, worst_output, worst_input = reports.pop("_worst_samples", ([], None, None))
+    if worst_output:
+        from lowlight.compile.verify import write_error_maps
+
+        verification["error_maps"] = write_error_maps(st, worst, worst_output, worst_input)
     (st / "verification.json").write_text(json.dumps(verification, indent=2) + "\n")
     (st / "verification.md").write_text(to_markdown(verification, f"Verification: {plan.name} {plan.config}, {target.name}, {precision}", data=data.record()))
+    # Model card facts into every graph's metadata_props, before a TensorRT engine is built from it.
+    from lowlight.compile.report_html import MODEL_CARD, card_facts, model_card, stamp_onnx
+
+    card_base: dict[str, Any] = {
+        "name": out.name, **plan.record, "target": target.name, "runtime": target.runtime, "precision": precision,
+        "inputs": [t.to_manifest() for t in plan.inputs], "data": data.record(), "tools": tool_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "outputs": [{"name": o, "shape": list(reference[0][o].shape), "dtype": str(reference[0][o].dtype),
+                     "layout": {o2: l for c in plan.components for o2, l in c.output_layouts.items()}.get(o, "other")}
+                    for o in plan.output_names],
+    }
+    if target.runtime == "tensorrt":
+        card_base["tensorrt"] = {"trt_version": str(getattr(target, "version", "")), "arch": getattr(getattr(target, "spec", None), "arch", "?")}
+        card_base["engine_status"] = "built on the device by `lowlight-compile build-engine` (engines are tied to one TensorRT version and GPU)"
+    for comp_entry in components.values():
+        stamp_onnx(st / comp_entry["file"], card_facts(card_base, verification))
     extra: dict[str, Any] = {}
     if target.runtime == "tensorrt":
         if not single:
@@ -469,7 +498,7 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         "reference": "reference.npz",
         "ops": dict(sorted(ops.items())),
         "stages": {"seconds": progress.timings, **reports, **({"components": {k: v for k, v in comp_reports.items()}} if not single else comp_reports[plan.components[0].name])},
-        "verification": {k: v for k, v in verification.items() if k != "per_sample"},
+        "verification": {k: v for k, v in verification.items() if k not in ("per_sample", "error_maps")},
         "data": data.record(),
         "warnings": warnings,
         "notes": list(plan.notes),
@@ -477,6 +506,7 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest.update(extra)
+    (st / MODEL_CARD).write_text(model_card(manifest, verification))
     return write_manifest(st, manifest)
 
 

@@ -32,7 +32,7 @@ SUPPORTED_FORMATS = (1, 2)
 
 #: Files that describe a bundle rather than run it: editable without invalidating the model.
 REPORT_SUFFIXES = {".md", ".html", ".csv", ".txt", ".png", ".svg"}
-REPORT_NAMES = {"verification.json", "profile.json", "simplify.json", "profile_layers.json"}
+REPORT_NAMES = {"verification.json", "profile.json", "simplify.json", "profile_layers.json", "engine_profile_layers.json"}
 
 _HEX = set("0123456789abcdef")
 #: Inputs are fed as float32: a declared range beyond it could not be honoured by any frame.

@@ -115,6 +115,21 @@ def constant_node_value(node: Any) -> np.ndarray:
     return np.asarray(helper.get_attribute_value(attr))
 
 
+#: ONNX metadata key under which export keeps node name -> PyTorch module path (onnxsim drops per-node metadata).
+NODE_MODULES_KEY = "lowlight.node_modules"
+
+
+def node_modules(model: "onnx.ModelProto") -> dict[str, dict[str, str]]:
+    """ONNX node -> {"module", "type"...} as export stored it ({} for a model we did not export)."""
+    import json
+
+    for p in model.metadata_props:
+        if p.key == NODE_MODULES_KEY:
+            value: dict[str, dict[str, str]] = json.loads(p.value)
+            return value
+    return {}
+
+
 def op_counts(model: "onnx.ModelProto") -> dict[str, int]:
     """Nodes per op type (custom domains as `domain::Op`), sorted by name."""
     counts: dict[str, int] = defaultdict(int)

@@ -18,6 +18,7 @@ plugin by the target's lowering).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowlight.kernels import illumination_gate, spectral_gate
-from lowlight.models.family import Family, KeepFloat, Option, Tensor
+from lowlight.models.family import Component, Family, KeepFloat, Option, Tensor
 
 MODALITY_SETS = ("rgb", "rgb+event", "rgb+ir", "rgb+event+ir")
 AUX = ("event", "ir")
@@ -316,6 +317,70 @@ def make_inputs(
     return feeds
 
 
+# -- streaming: the per-frame encoder and the temporal/decoder part as separate components --
+
+def stream_window(config: str) -> int:
+    """Frames the last output of a clip depends on: each temporal block reaches one frame back,
+    so with `temporal_blocks` blocks the newest frame's output reads exactly that many previous
+    frames (tiny: 2, base: 3). A causal window this long gives the same newest frame as any
+    longer clip ending at it (edges repeat the first frame, as the clip model does)."""
+    return CONFIGS[config].temporal_blocks + 1
+
+
+class StreamEncoder(nn.Module):
+    """Per-frame part of AMNet (RGB only): frame [B,3,H,W] -> z1, z2 and the fused 1/4 feature x3.
+
+    Everything here looks at one frame (encoder, S2DG translators, fusion), so a streaming
+    runtime computes it once per frame and keeps x3 for the next frames' temporal module.
+    """
+
+    def __init__(self, model: AMNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m = self.model
+        z1, z2, z3 = m.encoder(rgb)
+        aux = m.implicit(z3)
+        x = F.relu(m.fuse(torch.cat([z3, aux["event"], aux["ir"]], dim=1)))
+        return z1, z2, m.fuse_block(x)
+
+
+class StreamDecoder(nn.Module):
+    """Temporal module over the window's cached x3 features, then the decoder for the newest frame.
+
+    Inputs (positional): rgb [B,3,H,W] (newest frame), its z1 and z2, then x3 of the window,
+    oldest first. Equals the clip model's output for the window's last frame.
+    """
+
+    def __init__(self, model: AMNet, window: int) -> None:
+        super().__init__()
+        self.model, self.window = model, window
+
+    def forward(self, rgb: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, *x3: torch.Tensor) -> torch.Tensor:
+        m, k = self.model, self.window
+        x = torch.stack(list(x3), dim=1).flatten(0, 1)  # [B*K, c, h, w], batch-major as TemporalBlock reads it
+        for block in m.temporal:
+            x = block(x, k)
+        x = x.reshape(rgb.shape[0], k, *x.shape[1:])[:, -1]
+        x = m.up1(m.up2(x, z2), z1)
+        return (rgb + m.head(x)).clamp(0.0, 1.0)
+
+
+def stream_input_shape(shape: str) -> tuple[int, int, int]:
+    """(B, H, W) of a streaming bundle from `Bx3xHxW` or a clip shape `BxTx3xHxW` (T unused:
+    the window is fixed by the config, `stream_window`)."""
+    from lowlight.core.errors import ShapeError
+
+    dims = parse_shape(shape)
+    if len(dims) == 4:
+        if dims[1] != 3:
+            raise ShapeError(f"--shape {shape}: dimension 1 (channels) is {dims[1]}, the rgb input has 3", "e.g. --shape 1x3x256x256")
+        dims = (dims[0], 1, 3, dims[2], dims[3])
+    input_shapes("x".join(map(str, dims)))  # the same dimension checks as the clip model
+    return dims[0], dims[3], dims[4]
+
+
 class AMNetFamily(Family):
     """AMNet as the compiler sees it: one clip graph, spectral path and boundary convs float."""
 
@@ -324,7 +389,12 @@ class AMNetFamily(Family):
     configs = dict(CONFIGS)
     default_config = "base"
     default_family = True  # the reference model of `make demo`
-    options = (Option("modalities", MODALITY_SETS, "rgb", "AMNet inputs, fixed per bundle"),)
+    options = (
+        Option("modalities", MODALITY_SETS, "rgb", "AMNet inputs, fixed per bundle"),
+        Option("stream", ("no", "yes"), "no",
+               "yes: compile the per-frame encoder and the temporal/decoder part as two components, so "
+               "lowlight.runtime's stream() caches each frame's features (one encoder pass per frame); RGB only"),
+    )
     weights = {"tiny": "amnet_tiny.safetensors", "base": "amnet_base.safetensors"}
     trainer = "lowlight.models.train_amnet:train"
     # Frequency coefficients span a far wider range than activations (41.5 dB INT8
@@ -335,13 +405,63 @@ class AMNetFamily(Family):
         return build(config, modalities)
 
     def default_shape(self, config: str, **options: str) -> str:
-        return default_shape(config)
+        return "1x3x256x256" if options.get("stream") == "yes" else default_shape(config)
 
-    def inputs(self, shape: str, config: str, modalities: str = "rgb", **_: str) -> list[Tensor]:
+    def inputs(self, shape: str, config: str, modalities: str = "rgb", stream: str = "no", **_: str) -> list[Tensor]:
+        if stream == "yes":
+            self._check_stream(modalities)
+            b, h, w = stream_input_shape(shape)
+            # The causal window, oldest first: rgb_0 ... rgb_{K-1} (the newest is enhanced).
+            return [Tensor(f"rgb_{i}", (b, 3, h, w), "BCHW") for i in range(stream_window(config))]
         return [Tensor(n, s, "BTCHW", (0.0, 1.0) if n != "event" else (-1.0, 1.0)) for n, s in input_shapes(shape, config, modalities).items()]
 
-    def make_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0, modalities: str = "rgb", **_: str) -> list[dict[str, np.ndarray]]:
+    def make_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0, modalities: str = "rgb",
+                    stream: str = "no", **_: str) -> list[dict[str, np.ndarray]]:
+        if stream == "yes":
+            b, h, w = stream_input_shape(shape)
+            k = stream_window(config)
+            clips = make_inputs(frames, f"{b}x{k}x3x{h}x{w}", config, "rgb", seed)
+            return [{f"rgb_{i}": np.ascontiguousarray(f["rgb"][:, i]) for i in range(k)} for f in clips]
         return make_inputs(frames, shape, config, modalities, seed)
+
+    @staticmethod
+    def _check_stream(modalities: str) -> None:
+        from lowlight.core.errors import LowlightError
+
+        if modalities != "rgb":
+            raise LowlightError(f"--stream yes takes RGB only, got --modalities {modalities}",
+                                "compile the streaming bundle with --modalities rgb (event/IR clips use the clip bundle)")
+
+    def components(self, model: nn.Module, inputs: list[Tensor], config: str, **options: str) -> list[Component]:
+        if options.get("stream") != "yes":
+            return super().components(model, inputs, config, **options)
+        assert isinstance(model, AMNet)
+        b, _, h, w = inputs[0].shape
+        c1, c2, c3 = model.config.widths
+        k = len(inputs)
+        feat = {"z1": (b, c1, h, w), "z2": (b, c2, h // 2, w // 2), "x3": (b, c3, h // 4, w // 4)}
+        enc_in = Tensor("rgb", inputs[0].shape, "BCHW")
+        dec_in = [enc_in, Tensor("z1", feat["z1"], "other", None), Tensor("z2", feat["z2"], "other", None)]
+        dec_in += [Tensor(f"x3_{i}", feat["x3"], "other", None) for i in range(k)]
+        return [
+            Component("encoder", StreamEncoder(model), [enc_in], ["z1", "z2", "x3"], {"z1": "other", "z2": "other", "x3": "other"}),
+            Component("decoder", StreamDecoder(model, k), dec_in, ["enhanced"], {"enhanced": "BCHW"}),
+        ]
+
+    def program(self, components: list[Component], inputs: list[Tensor], config: str, **options: str) -> dict[str, Any]:
+        if options.get("stream") != "yes":
+            return super().program(components, inputs, config, **options)
+        k = len(inputs)
+        steps: list[dict[str, Any]] = [
+            {"op": "call", "component": "encoder", "in": {"rgb": f"rgb_{i}"},
+             "out": {"z1": f"z1_{i}", "z2": f"z2_{i}", "x3": f"x3_{i}"}} for i in range(k)
+        ]
+        dec_in = {"rgb": f"rgb_{k - 1}", "z1": f"z1_{k - 1}", "z2": f"z2_{k - 1}", **{f"x3_{i}": f"x3_{i}" for i in range(k)}}
+        steps.append({"op": "call", "component": "decoder", "in": dec_in, "out": {"enhanced": "enhanced"}})
+        # `stream` tells lowlight.runtime's stream() how to slide the window: the inputs oldest
+        # first, and the components whose outputs depend on one frame only (computed once per frame).
+        return {"unrolled": False, "steps": steps,
+                "stream": {"window": [t.name for t in inputs], "cached": ["encoder"]}}
 
     def export_module(self, model: nn.Module, modalities: str = "rgb", **_: str) -> nn.Module:
         return AMNetExport(model, modalities)  # type: ignore[arg-type]

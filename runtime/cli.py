@@ -1,4 +1,11 @@
-"""`lowlight-run BUNDLE --input DIR|VIDEO --output DIR|VIDEO`: enhance footage clip by clip."""
+"""`lowlight-run BUNDLE --input DIR|VIDEO|/dev/videoN|PIPELINE --output DIR|VIDEO`: enhance footage at its own resolution.
+
+Videos and live sources go through `Session.stream()` (causal, frame by frame:
+no block edges); a folder of photos is enhanced one photo at a time (each
+alone: order-independent) and each result keeps its photo's name (as PNG).
+Every output has its input's size: frames of another size than the bundle's
+are tiled with overlap and blended (`lowlight.runtime.tiling`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,14 +20,15 @@ from typing import Iterator
 
 import numpy as np
 
+from lowlight.core.about import version
 from lowlight.core.errors import BundleError, InputError, LowlightError, OutputError
 from lowlight.runtime.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     VideoFileWriter,
     check_video_encoder,
-    fit_frame,
     read_image,
+    live_kind,
     read_video_frames,
     video_info,
     write_image,
@@ -54,10 +62,39 @@ class Source:
     """The footage to enhance: `frames` yields (label, frame or None, why it is unreadable)."""
 
     path: Path
-    kind: str  # "folder" or "video"
+    kind: str  # "folder", "video" or "live"
     frames: Iterator[tuple[str, np.ndarray | None, str | None]]
     count: int  # image files found, or the frames the video container declares (0 = unknown)
     fps: float
+    size: tuple[int, int] = (0, 0)  # (width, height) of a video or live source
+    reader: object = None  # the LatestFrameReader of a live source (its `dropped` count)
+
+
+def open_live(spec: str, max_frames: int | None = None) -> Source:
+    """A V4L2 device, GStreamer pipeline or network stream, read latest-wins on its own thread."""
+    import cv2
+
+    from lowlight.runtime.io import LatestFrameReader, open_capture, pixels_to_unit
+
+    cap = open_capture(spec)
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    reader = LatestFrameReader.from_capture(cap)
+
+    def frames() -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        n = 0
+        try:
+            while max_frames is None or n < max_frames:
+                got = reader.read()
+                if got is None:
+                    return
+                index, ts, bgr = got
+                n += 1
+                yield f"frame {index} (t={ts:.3f} s)", pixels_to_unit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), None
+        finally:
+            reader.close()
+
+    return Source(Path(spec), "live", frames(), 0, fps if 0 < fps < 1000 else 30.0, size, reader)
 
 
 def open_source(path: Path) -> Source:
@@ -73,8 +110,8 @@ def open_source(path: Path) -> Source:
             raise InputError(f"input folder {path} has no images", "pass a folder of PNG/JPEG frames or a video")
         return Source(path, "folder", _image_frames(files), len(files), 10.0)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        fps, count, _, _ = video_info(path)
-        return Source(path, "video", ((f"frame {i}", f, None) for i, f in enumerate(read_video_frames(path))), count, fps)
+        fps, count, w, h = video_info(path)
+        return Source(path, "video", ((f"frame {i}", f, None) for i, f in enumerate(read_video_frames(path))), count, fps, (w, h))
     raise InputError(f"input {path} is neither a folder nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})", "pass --input DIR|VIDEO")
 
 
@@ -110,6 +147,8 @@ class RunResult:
     decoded: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (frame, why) not enhanced
     backend: str = ""
+    dropped: int = 0  # live sources: frames replaced by a newer one before inference took them
+    stream: dict = field(default_factory=dict)  # the stream's statistics (latency p50/p99...)
 
     @property
     def truncated(self) -> str | None:
@@ -125,6 +164,8 @@ class RunResult:
             line += f"; skipped {len(self.skipped)} of {self.expected} frames that could not be read ({names})"
         if self.truncated:
             line += f"; the input video is truncated: {self.truncated}"
+        if self.dropped:
+            line += f"; dropped {self.dropped} camera frames (inference slower than the camera: latest frame wins)"
         if (self.skipped or self.truncated) and self.output.is_dir():
             line += f" (details in {self.output / MARKER})"
         return line
@@ -157,6 +198,8 @@ def enhance(
     *,
     overwrite: bool = False,
     strict: bool = False,
+    exposure: bool = True,
+    max_frames: int | None = None,
 ) -> RunResult:
     """Enhance every frame of `input_path` into `output_path` (a folder of PNGs, or a video by its suffix).
 
@@ -166,7 +209,8 @@ def enhance(
     interrupted run leaves a previous output as it was. An existing output is
     replaced only if it is an empty folder or one this tool wrote (`MARKER`),
     or with `overwrite`; never the input or the bundle. Unreadable frames are
-    skipped and counted, or stop the run with `strict`.
+    skipped and counted, or stop the run with `strict`. `exposure` blends well-exposed
+    frames toward their input (`lowlight.runtime.stream`); `max_frames` stops a live source.
     """
     from lowlight.core.fsio import OutputLock, claim_dir, claim_file, remove_stale
 
@@ -174,34 +218,48 @@ def enhance(
         raise InputError(f"darken must be a finite number in (0, 1], got {darken!r}", "pass e.g. darken=0.25 (it multiplies the input to fake night), or None")
     src, out = Path(input_path), Path(output_path)
     to_video = out.suffix.lower() in VIDEO_SUFFIXES
-    source = open_source(src)
+    live = live_kind(str(input_path)) is not None
+    if live and not to_video and not max_frames:
+        raise InputError("a live source never ends, so a folder of PNG frames would grow without bound",
+                         "pass --max-frames N, or write a video (--output out.mp4) and stop with Ctrl-C")
+    source = open_live(str(input_path), max_frames) if live else open_source(src)
     if to_video:
         claim_file(out, "a video file", "--output", overwrite=overwrite, inputs=[src, bundle])
     else:
         claim_dir(out, MARKER, OUT_FOLDER, "--output", overwrite=overwrite, inputs=[src, bundle])
     sess = _load_session(bundle, backend, quiet)
-    names = list(sess.inputs)
-    if names != ["rgb"]:
-        raise InputError(
-            f"this bundle takes inputs {names}; lowlight-run feeds RGB footage only",
-            "compile with --modalities rgb, or call lowlight.runtime.load(bundle) from Python with every input",
-        )
-    shape = sess.inputs["rgb"]
+    from lowlight.runtime.stream import EXPOSURE, FLOAT_FORMAT
+
+    stream = sess.stream(FLOAT_FORMAT, exposure=EXPOSURE if exposure else None)  # refuses bundles it cannot feed
+    shape = list(stream.tile_size)
     if to_video:
-        check_video_encoder(out.suffix, source.fps, (shape[-1], shape[-2]))
+        if source.kind == "folder":
+            # Each photo is still enhanced alone; the video takes the first photo's size and
+            # photos of another size are skipped and reported (a video has one frame size).
+            first = next(f for f in sorted(src.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            try:
+                h, w = read_image(first).shape[:2]
+            except LowlightError:
+                h, w = stream.tile_size
+            source.size = (w, h)
+        check_video_encoder(out.suffix, source.fps, source.size)
     result = RunResult(out, 0, source.count, 0, backend=sess.backend_name)
     with OutputLock(out, "--output"):
         for p in remove_stale(out):
             if not quiet:
                 print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
-        if to_video:
-            _run_to_video(sess, source, out, result, shape, darken, strict, quiet)
-        else:
-            _run_to_folder(sess, source, out, result, shape, darken, strict, quiet, bundle)
+        try:
+            if to_video:
+                _run_to_video(stream, source, out, result, shape, darken, strict, quiet)
+            else:
+                _run_to_folder(stream, source, out, result, shape, darken, strict, quiet, bundle)
+        finally:
+            result.dropped = int(getattr(source.reader, "dropped", 0) or 0)
+            result.stream = stream.stats.as_dict()
     return result
 
 
-def _good_frames(source: Source, result: RunResult, strict: bool, out: Path) -> Iterator[np.ndarray]:
+def _good_frames(source: Source, result: RunResult, strict: bool, out: Path) -> Iterator[tuple[str, np.ndarray]]:
     """The decodable frames; bad ones are recorded in `result` (or stop the run with --strict)."""
     for label, frame, why in source.frames:
         if frame is None:
@@ -213,31 +271,41 @@ def _good_frames(source: Source, result: RunResult, strict: bool, out: Path) -> 
             result.skipped.append((label, str(why)))
             continue
         result.decoded += 1
-        yield frame
+        yield label, frame
 
 
-def _enhanced(sess, source: Source, result: RunResult, shape: list[int], darken: float | None, strict: bool, quiet: bool, out: Path) -> Iterator[np.ndarray]:  # type: ignore[no-untyped-def]
-    """Enhanced HxWx3 frames in input order, clip by clip (the tail clip padded with its last frame)."""
+def _enhanced(stream, source: Source, result: RunResult, shape: list[int], darken: float | None, strict: bool, quiet: bool, out: Path) -> Iterator[tuple[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """(label, enhanced HxWx3 frame at the input's size) in input order.
+
+    Videos stream causally (one window per frame, no block edges); each photo of a
+    folder is enhanced alone (the stream is reset before it), so no photo depends on
+    its neighbours or their order.
+    """
     from tqdm import tqdm
 
-    layout = sess.layouts.get("rgb") or ("BTCHW" if len(shape) == 5 else "BCHW")  # format-1 bundles declare no layout
-    if layout not in ("BTCHW", "BCHW"):
-        raise InputError(f"this bundle's rgb input has layout {layout}; lowlight-run feeds RGB frames (BCHW or BTCHW)",
-                         "call lowlight.runtime.load(bundle) from Python and build the inputs yourself")
-    clip = layout == "BTCHW"
-    b, t = (shape[0], shape[1]) if clip else (shape[0], 1)
-    h, w = shape[-2], shape[-1]
-    bar = tqdm(total=source.count or None, desc=f"enhance ({sess.backend_name})", unit="frame", disable=quiet)
+    bar = tqdm(total=source.count or None, desc=f"enhance ({result.backend})", unit="frame", disable=quiet)
     try:
-        for chunk in group(_good_frames(source, result, strict, out), b * t):
-            n = len(chunk)
-            x = np.stack([fit_frame(f, h, w) for f in chunk] + [fit_frame(chunk[-1], h, w)] * (b * t - n))  # pad the tail
-            if darken is not None:
-                x = np.clip(x * darken, 0, 1)
-            x = x.transpose(0, 3, 1, 2).reshape(shape).astype(np.float32)
-            y = sess(rgb=x).reshape(b * t, 3, h, w).transpose(0, 2, 3, 1)[:n]
-            yield from y
-            bar.update(n)
+        for label, frame in _good_frames(source, result, strict, out):
+            if source.kind == "folder":
+                stream.reset()
+            if source.kind == "folder" and source.size != (0, 0) and (frame.shape[1], frame.shape[0]) != source.size:
+                why = f"{frame.shape[1]}x{frame.shape[0]} differs from the output video's {source.size[0]}x{source.size[1]}"
+                if strict:
+                    raise InputError(f"{label}: {why}; stopped (--strict), {_kept(out)}", "write a folder (--output DIR) to keep every photo's size")
+                result.skipped.append((label, why))
+                continue
+            x = frame if darken is None else np.clip(frame * darken, 0, 1)
+            bad_before = dict(stream.stats.bad)
+            y = stream(np.ascontiguousarray(x, dtype=np.float32))
+            if y is None:  # decoded but not enhanceable (NaN, a size change mid-video)
+                why = "; ".join(k for k, v in stream.stats.bad.items() if v != bad_before.get(k)) or "bad frame"
+                if strict:
+                    raise InputError(f"{label} of {source.path} cannot be enhanced ({why}); stopped (--strict), {_kept(out)}",
+                                     "repair the input, or run without --strict to skip such frames")
+                result.skipped.append((label, why))
+                continue
+            yield label, y
+            bar.update(1)
     finally:
         bar.close()
     if result.decoded == 0:
@@ -250,14 +318,30 @@ def _enhanced(sess, source: Source, result: RunResult, shape: list[int], darken:
         )
 
 
-def _run_to_folder(sess, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
+def output_name(label: str, taken: set[str], index: int, kind: str) -> str:
+    """The PNG name of a result: the photo's own name (suffix .png), or NNNNNN.png for video frames.
+
+    Two photos with one stem (a.jpg, a.png) keep their full names (a.jpg.png) so neither is lost.
+    """
+    if kind != "folder":
+        name = f"{index:06d}.png"
+    else:
+        name = Path(label).stem + ".png"
+        if name in taken:
+            name = label + ".png"
+    taken.add(name)
+    return name
+
+
+def _run_to_folder(stream, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
                    strict: bool, quiet: bool, bundle: str) -> None:
     """PNG frames into a partial folder, then the marker, then one rename over the previous output."""
     from lowlight.core.fsio import commit_dir, staged_dir
 
     with staged_dir(out) as tmp:
-        for frame in _enhanced(sess, source, result, shape, darken, strict, quiet, out):
-            write_image(tmp / f"{result.written:06d}.png", frame)
+        taken: set[str] = set()
+        for label, frame in _enhanced(stream, source, result, shape, darken, strict, quiet, out):
+            write_image(tmp / output_name(label, taken, result.written, source.kind), frame)
             result.written += 1
         try:
             (tmp / MARKER).write_text(json.dumps(_marker(result, source, bundle, darken), indent=2) + "\n")
@@ -266,7 +350,7 @@ def _run_to_folder(sess, source: Source, out: Path, result: RunResult, shape: li
         commit_dir(tmp, out)
 
 
-def _run_to_video(sess, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
+def _run_to_video(stream, source: Source, out: Path, result: RunResult, shape: list[int], darken: float | None,  # type: ignore[no-untyped-def]
                   strict: bool, quiet: bool) -> None:
     """Encode into a partial file beside `out`, check it reads back, then rename it over `out`."""
     from lowlight.core.fsio import partial_file
@@ -274,8 +358,8 @@ def _run_to_video(sess, source: Source, out: Path, result: RunResult, shape: lis
     tmp = partial_file(out)
     writer = None
     try:
-        writer = VideoFileWriter(tmp, source.fps, (shape[-1], shape[-2]))
-        for frame in _enhanced(sess, source, result, shape, darken, strict, quiet, out):
+        writer = VideoFileWriter(tmp, source.fps, source.size)
+        for _, frame in _enhanced(stream, source, result, shape, darken, strict, quiet, out):
             writer.write(frame)
             result.written += 1
         writer.close()
@@ -300,25 +384,21 @@ def _marker(result: RunResult, source: Source, bundle: str, darken: float | None
         "frames": {"input": result.expected, "decoded": result.decoded, "written": result.written, "skipped": len(result.skipped)},
         "skipped": [{"frame": name, "why": why} for name, why in result.skipped],
         "truncated": result.truncated,
-        "files": "000000.png ... in input order, skipped frames left out",
+        "dropped": result.dropped,
+        "stream": result.stream,
+        "files": ("each photo's name with suffix .png (same size as the photo)" if source.kind == "folder"
+                  else "000000.png ... in input order, at the input's size, skipped frames left out"),
     }
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("lowlight-compile")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lowlight-run", description="Enhance low-light footage with a compiled bundle.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--version", action="version", version=f"lowlight-run {_version()}")
+    p.add_argument("--version", action="version", version=f"lowlight-run {version()}")
     p.add_argument("bundle", help="bundle directory written by lowlight-compile")
-    p.add_argument("--input", required=True, help="folder of frames or a video file")
+    p.add_argument("--input", required=True,
+                   help="folder of photos, a video file, a V4L2 camera (/dev/video0), an RTSP URL or a GStreamer pipeline "
+                        "ending in appsink (needs an OpenCV built with GStreamer: the pip wheel is not)")
     p.add_argument("--output", required=True,
                    help=f"output folder (PNG frames + {MARKER}) or video file (.mp4/.avi...); an existing one is replaced "
                         "only if it is empty or was written by lowlight-run")
@@ -331,12 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 2, previous output kept) at an unreadable frame or a truncated video instead of skipping and reporting it")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
+    p.add_argument("--no-exposure-blend", action="store_true",
+                   help="enhance every frame fully; by default a well-exposed frame (mean luma >= 0.22) is kept as it is "
+                        "and frames between 0.13 and 0.22 are blended toward the input")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames (live sources never end)")
     args = p.parse_args(argv)
     out = Path(args.output)
     existed = os.path.lexists(out)
     try:
         result = enhance(args.bundle, args.input, args.output, args.darken, args.backend, args.quiet,
-                         overwrite=args.overwrite, strict=args.strict)
+                         overwrite=args.overwrite, strict=args.strict, exposure=not args.no_exposure_blend,
+                         max_frames=args.max_frames)
     except LowlightError as exc:
         return _fail(exc.what, exc.fix)
     except KeyboardInterrupt:

@@ -317,3 +317,127 @@ def fit_frame(frame: np.ndarray, h: int, w: int) -> np.ndarray:
     H, W = frame.shape[:2]
     y, x = (H - h) // 2, (W - w) // 2
     return np.ascontiguousarray(frame[y : y + h, x : x + w]).astype(np.float32)
+
+
+# -- live sources: V4L2 devices, GStreamer pipelines, network streams --------------------------
+
+def gstreamer_available() -> bool:
+    """True if the installed OpenCV was built with GStreamer (the pip wheels are not: use the
+    system OpenCV on a Jetson, e.g. JetPack's python3-opencv, or GStreamer's own appsink)."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line.split(":", 1)[1].upper()
+    return False
+
+
+def live_kind(spec: str) -> str | None:
+    """'v4l2' for /dev/videoN, 'gstreamer' for a pipeline (has '!'), 'network' for rtsp/http URLs, else None."""
+    if spec.startswith("/dev/video"):
+        return "v4l2"
+    if "!" in spec:
+        return "gstreamer"
+    if spec.split("://", 1)[0].lower() in ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp") and "://" in spec:
+        return "network"
+    return None
+
+
+def open_capture(spec: str, error: type[LowlightError] = InputError):  # type: ignore[no-untyped-def]
+    """An opened cv2.VideoCapture for a live source; raises `error` saying why it cannot be opened."""
+    import cv2
+
+    kind = live_kind(spec)
+    if kind == "gstreamer" and not gstreamer_available():
+        raise error(
+            "this OpenCV has no GStreamer support (the opencv-python pip wheels never do), so the pipeline cannot be opened",
+            "on a Jetson use the system OpenCV (JetPack's python3-opencv, built with GStreamer) in the venv "
+            "(--system-site-packages), or pass a V4L2 device (--input /dev/video0) or a video file",
+        )
+    api = {"v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER, "network": cv2.CAP_FFMPEG}.get(kind or "", cv2.CAP_ANY)
+    if kind == "v4l2" and not Path(spec).exists():
+        raise error(f"camera device {spec} does not exist", "check `ls /dev/video*` and that this user is in the 'video' group")
+    try:
+        cap = cv2.VideoCapture(spec, api)
+    except cv2.error as exc:
+        raise error(f"cannot open {spec}: {str(exc).strip().splitlines()[-1]}", "check the device or pipeline") from None
+    if not cap.isOpened():
+        cap.release()
+        raise error(f"cannot open live source {spec}", "check the device is free (no other program reading it) and readable, or the pipeline ends in appsink")
+    return cap
+
+
+class LatestFrameReader:
+    """Reads a live source on its own thread and keeps only the newest frame (latest wins).
+
+    When inference is slower than the camera, `read()` returns the newest frame and the
+    frames it replaced are counted in `dropped` (never queued: a queue adds latency
+    without bound). Each frame comes with its capture timestamp (seconds, the source's
+    own clock where it has one (CAP_PROP_POS_MSEC), else time.monotonic at grab) and its
+    index in the camera's sequence, so dropped frames show as gaps.
+    """
+
+    def __init__(self, read_frame, timestamp=None) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        self._read, self._timestamp = read_frame, timestamp
+        self._cond = threading.Condition()
+        self._latest: tuple[int, float, np.ndarray] | None = None
+        self._taken = -1
+        self.captured = self.dropped = 0
+        self.ended = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="lowlight-capture", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_capture(cls, cap) -> "LatestFrameReader":  # type: ignore[no-untyped-def]
+        import time
+
+        import cv2
+
+        def read() -> np.ndarray | None:
+            ok, frame = cap.read()
+            return frame if ok else None
+
+        def stamp() -> float:
+            ms = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+            return ms / 1e3 if ms > 0 else time.monotonic()
+
+        reader = cls(read, stamp)
+        reader._cap = cap
+        return reader
+
+    def _loop(self) -> None:
+        import time
+
+        while not self._stop:
+            frame = self._read()
+            if frame is None:
+                break
+            ts = self._timestamp() if self._timestamp else time.monotonic()
+            with self._cond:
+                if self._latest is not None and self._latest[0] > self._taken:
+                    self.dropped += 1  # replaced before anyone read it
+                self._latest = (self.captured, ts, frame)
+                self.captured += 1
+                self._cond.notify_all()
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def read(self, timeout: float | None = 5.0) -> tuple[int, float, np.ndarray] | None:
+        """(index, timestamp, frame) of the newest unread frame; None when the source ended (or timed out)."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: (self._latest is not None and self._latest[0] > self._taken) or self.ended, timeout)
+            if not ok or self._latest is None or self._latest[0] <= self._taken:
+                return None
+            self._taken = self._latest[0]
+            return self._latest
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2.0)
+        cap = getattr(self, "_cap", None)
+        if cap is not None:
+            cap.release()

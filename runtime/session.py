@@ -160,6 +160,19 @@ class Session:
         checked = self.check(feeds)
         return run_program(self.program, self._call, checked, self.output_names, self.constants, seed)
 
+    def stream(self, pixel_format: str = "bgr24", **kw: Any) -> Any:
+        """A causal frame-by-frame enhancer: `out = stream(frame)`, `stream.reset()` at a scene cut.
+
+        Frames are uint8 in `pixel_format` (bgr24, rgb24, nv12, yuyv; or "rgb_f32" for float RGB
+        in [0,1]) of any size; outputs have the same format and size. Keywords: `exposure`
+        ((low, high) mean-luma thresholds, None: always enhance), `overlap` (tile overlap in
+        pixels), `cache` (False: recompute per-frame components for every window, to compare),
+        `on_bad` ("skip" or "raise"). See `lowlight.runtime.stream`.
+        """
+        from lowlight.runtime.stream import FrameStream
+
+        return FrameStream(self, pixel_format, **kw)
+
     def _call(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         backend = self.backends[component]
         try:

@@ -44,7 +44,7 @@ def test_bundle_layout_and_manifest(fp32_bundle):
     assert m["outputs"][0]["layout"] == "BTCHW" and m["format_version"] == 2
     assert list(m["components"]) == ["model"] and m["components"]["model"]["file"] == "model.onnx"
     assert m["program"]["steps"] == [{"op": "call", "component": "model", "in": {"rgb": "rgb"}, "out": {"enhanced": "enhanced"}}]
-    assert m["family_options"] == {"modalities": "rgb"}
+    assert m["family_options"] == {"modalities": "rgb", "stream": "no"}
     assert m["precision"] == "fp32" and m["target"] == "cpu" and m["family"] == "amnet"
     assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
     assert m["verification"]["passed"] is True

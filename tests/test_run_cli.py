@@ -102,7 +102,7 @@ def test_foreign_folder_is_refused_and_replaced_only_with_overwrite(fp32_bundle,
     assert "already exists and is not a lowlight-run output folder" in err and "--overwrite" in err
     assert snapshot(tmp_path) == before
     assert run(fp32_bundle, "--input", frames, "--output", out, "--overwrite") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", MARKER]
+    assert sorted(p.name for p in out.iterdir()) == ["f000.png", "f001.png", MARKER]  # photos keep their names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "work"]  # no lock, partial or old copy left
 
 
@@ -118,7 +118,7 @@ def test_own_output_and_empty_folder_are_replaced_with_a_marker(fp32_bundle, tmp
     assert out.stat().st_mode & 0o777 == 0o755  # the user's umask, not tempfile's 0700
     assert run(fp32_bundle, "--input", make_frames(tmp_path / "b", 3), "--output", out) == 0  # ours: replaced
     assert capsys.readouterr().out.strip().endswith(f"wrote 3 enhanced frames to {out}")
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", MARKER]
+    assert sorted(p.name for p in out.iterdir()) == ["f000.png", "f001.png", "f002.png", MARKER]
     info = json.loads((out / MARKER).read_text())
     assert info["input"] == str((tmp_path / "b").resolve()) and info["bundle"] == str(fp32_bundle.bundle.resolve())
     assert info["frames"] == {"input": 3, "decoded": 3, "written": 3, "skipped": 0}
@@ -139,7 +139,8 @@ def test_existing_video_is_kept_unless_overwrite(fp32_bundle, tmp_path: Path, ca
     assert out.read_bytes() == b"my holiday film"
     assert run(fp32_bundle, "--input", frames, "--output", out, "--overwrite") == 0
     cap = cv2.VideoCapture(str(out))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    # native resolution: the photos' 96x80, not the bundle's compiled 64x64
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 96
     cap.release()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.mp4", "in"]
 

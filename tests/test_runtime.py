@@ -173,12 +173,22 @@ def test_lowlight_run_on_frames_and_video(fp32_bundle, tmp_path: Path, data_dir:
     assert main([str(fp32_bundle.bundle), "--input", str(frames), "--output", str(tmp_path / "out"), "--quiet"]) == 0
     outs = sorted((tmp_path / "out").glob("*.png"))
     assert len(outs) == 6
-    video = data_dir / "video" / "vtest.avi"
-    assert main([str(fp32_bundle.bundle), "--input", str(video), "--output", str(tmp_path / "night.mp4"), "--darken", "0.25", "--quiet"]) == 0
     import cv2
 
+    # the first 12 frames of the real clip, at its native 768x432 (the tiny bundle tiles it)
+    src = cv2.VideoCapture(str(data_dir / "video" / "car-detection.mp4"))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 12.5, (768, 432))
+    for _ in range(12):
+        ok, frame = src.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    src.release()
+    assert main([str(fp32_bundle.bundle), "--input", str(video), "--output", str(tmp_path / "night.mp4"), "--darken", "0.25", "--quiet"]) == 0
     cap = cv2.VideoCapture(str(tmp_path / "night.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) > 100 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 64
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (768, 432)
 
 
 def test_lowlight_run_undecodable_video(fp32_bundle, tmp_path: Path, capsys):

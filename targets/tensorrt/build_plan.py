@@ -20,6 +20,57 @@ ENGINE_FILE = "model.engine"
 FLOAT_ONNX = "model_float.onnx"
 CALIB_CACHE = "calibration.cache"
 FINISH_COMMAND = "lowlight-compile build-engine {bundle}"
+#: The bundle's reference inputs/outputs in Polygraphy's JSON formats (`--load-inputs` / `--load-outputs`).
+POLYGRAPHY_INPUTS = "polygraphy_inputs.json"
+POLYGRAPHY_OUTPUTS = "polygraphy_outputs.json"
+#: Runner name recorded in the RunResults (Polygraphy compares results runner by runner).
+POLYGRAPHY_RUNNER = "lowlight-reference"
+
+
+def _np_json(a: Any) -> dict[str, str]:
+    """One array as Polygraphy encodes it: np.save bytes, base64, tagged `polygraphy_class: ndarray`."""
+    import base64
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return {"array": base64.b64encode(buf.getvalue()).decode(), "polygraphy_class": "ndarray"}
+
+
+def write_polygraphy_json(bundle_dir: str | Path, reference: str = "reference.npz") -> tuple[str, str] | None:
+    """Write the reference inputs (a list of feed dicts) and outputs (RunResults) as Polygraphy reads them.
+
+    The formats are Polygraphy's own JSON (polygraphy.json / comparator.struct.RunResults),
+    written here without importing Polygraphy, which is only needed on the device.
+    """
+    import numpy as np
+
+    root = Path(bundle_dir)
+    if not (root / reference).is_file():
+        return None  # no reference outputs recorded: nothing to hand Polygraphy
+    ref = np.load(root / reference)
+    ins = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("input:"))
+    outs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("output:"))
+    n = int(ref[f"input:{ins[0]}"].shape[0]) if ins else 0
+    feeds = [{name: _np_json(ref[f"input:{name}"][i]) for name in ins} for i in range(n)]
+    iterations = [{"outputs": {name: _np_json(ref[f"output:{name}"][i]) for name in outs}, "runner_name": POLYGRAPHY_RUNNER,
+                   "runtime": None, "polygraphy_class": "IterationResult"} for i in range(n)]
+    run_results = {"lst": [[POLYGRAPHY_RUNNER, iterations]], "polygraphy_class": "RunResults"}
+    (root / POLYGRAPHY_INPUTS).write_text(json.dumps(feeds) + "\n")
+    (root / POLYGRAPHY_OUTPUTS).write_text(json.dumps(run_results) + "\n")
+    return POLYGRAPHY_INPUTS, POLYGRAPHY_OUTPUTS
+
+
+def polygraphy_command(onnx_name: str, flags: list[str], calibration_cache: str | None, min_psnr: float) -> str:
+    """A ready-to-run `polygraphy run` (run in the bundle): build with the plan's flags, compare with the bundled outputs by PSNR."""
+    opts = {"STRONGLY_TYPED": "--strongly-typed", "FP16": "--fp16", "INT8": "--int8"}
+    prec = "".join(f" {opts[f]}" for f in flags if f in opts)
+    if "INT8" in flags and calibration_cache:
+        prec += f" --calibration-cache {calibration_cache}"
+    return (f"polygraphy run {onnx_name} --trt{prec} --load-inputs {POLYGRAPHY_INPUTS} --load-outputs {POLYGRAPHY_OUTPUTS} "
+            f"--compare-func psnr --psnr-threshold {min_psnr:g}")
 
 
 def load_plan(bundle_dir: str | Path) -> dict[str, Any]:
@@ -93,7 +144,11 @@ def make_plan(target: TrtTargetView, context: dict[str, Any], bundle_files: dict
         "verify": {
             "reference": Path(str(context.get("reference_path", "reference.npz"))).name,
             "min_fidelity": float(dict(context.get("verify", {})).get("min_fidelity", 35.0)),
+            "worst_sample_margin_db": float(dict(context.get("verify", {})).get("worst_sample_margin_db", 3.0)),
         },
+        "polygraphy": {"inputs": POLYGRAPHY_INPUTS, "outputs": POLYGRAPHY_OUTPUTS,
+                       "command": polygraphy_command(onnx_name, flags, bundle_files.get("calibration_cache"),
+                                                     float(dict(context.get("verify", {})).get("min_fidelity", 35.0)))},
     }
 
 
@@ -130,6 +185,7 @@ def finish_tensorrt_bundle(target: TrtTargetView, staging_dir: str, context: dic
             notes.append(f"{len(dropped)} Q/DQ tensor(s) have no same-named tensor in the float ONNX and were left out of the cache")
     plan = make_plan(target, context, files)
     (staging / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    write_polygraphy_json(staging, Path(str(context.get("reference_path", "reference.npz"))).name)
 
     section: dict[str, Any] = {
         "plan": PLAN_FILE,
@@ -139,6 +195,7 @@ def finish_tensorrt_bundle(target: TrtTargetView, staging_dir: str, context: dic
         "calibration_cache": plan["calibration_cache"],
         "dla": plan["dla_core"] is not None,
         "finish_command": FINISH_COMMAND.format(bundle="BUNDLE"),
+        "polygraphy_command": f"cd BUNDLE && {plan['polygraphy']['command']}",
     }
     # Top-level "engine" / "engine_status" are what the runtime and the CLI summary read.
     entries: dict[str, Any] = {"tensorrt": section, "engine": None}
@@ -157,5 +214,6 @@ def finish_tensorrt_bundle(target: TrtTargetView, staging_dir: str, context: dic
             f"{blocker}; the bundle carries the lowered ONNX"
             + (", the calibration cache" if plan["calibration_cache"] else "")
             + f" and {PLAN_FILE}"
+            + f"; after build-engine, Polygraphy can check the engine too: cd BUNDLE && {plan['polygraphy']['command']}"
         )
     return entries

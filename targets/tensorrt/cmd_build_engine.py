@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dla-core", type=int, default=None, help="override the plan's DLA core (Jetson AGX/NX only)")
     parser.add_argument("--no-verify", action="store_true", help="skip verification against the bundled reference outputs")
     parser.add_argument("--force", action="store_true", help="rebuild even if the bundle already has an engine")
+    parser.add_argument("--no-profile", action="store_true", help="skip the engine's latency and per-layer profile")
+    parser.add_argument("--profile-iterations", type=int, default=200, help="timed iterations per mode (without / with CUDA graph)")
 
 
 def update_manifest(bundle: Path, entries: dict[str, Any], section: dict[str, Any], new_files: list[str]) -> dict[str, Any]:
@@ -76,7 +78,36 @@ def run(args: argparse.Namespace) -> int:
         section["engine_verify"] = verify_engine(bundle, plan)
         worst = min(section["engine_verify"]["fidelity_psnr_db"].values(), default=float("inf"))
         print(f"engine fidelity vs FP32 reference: {worst:.2f} dB (min {plan['verify']['min_fidelity']} dB): PASS")
-    entries = {"engine": info, "engine_status": f"built on the device (TensorRT {info['trt_version']}, {info['arch']})"}
-    update_manifest(bundle, entries, section, [str(info["file"])])
+    from lowlight.targets.tensorrt.engine import ENGINE_LAYERS, device_versions, profile_engine
+
+    entries: dict[str, Any] = {"engine": info, "engine_status": f"built on the device (TensorRT {info['trt_version']}, {info['arch']})",
+                               "device_versions": device_versions()}
+    new_files = [str(info["file"])]
+    if not args.no_profile:
+        prof = profile_engine(bundle, plan, iterations=max(args.profile_iterations, 10), modules=_node_modules(bundle / str(plan["onnx"])))
+        entries["engine_profile"] = prof
+        new_files.append(ENGINE_LAYERS)
+        for mode in ("without_cuda_graph", "with_cuda_graph"):
+            m = prof[mode]
+            print(f"engine latency {mode.replace('_', ' ')}: median {m['Latency']['median']:.3f} ms "
+                  f"(H2D {m['H2D Latency']['median']:.3f}, GPU compute {m['GPU Compute Time']['median']:.3f}, "
+                  f"D2H {m['D2H Latency']['median']:.3f})")
+    manifest = update_manifest(bundle, entries, section, new_files)
+    # profile.md's device section and report.html are refreshed by the CLI layer after this returns
+    # (lowlight.compile.cli AFTER hooks): TensorRT code does not import the compiler's reports.
     print(f"engine written: {engine_path}")
+    poly = plan.get("polygraphy", {}).get("command")
+    if poly:
+        print(f"cross-check with Polygraphy (pip install 'lowlight-compile[trt]'): cd {bundle} && {poly}")
     return 0
+
+
+def _node_modules(onnx_path: Path) -> dict[str, dict[str, str]]:
+    """ONNX node -> PyTorch module (kept in the graph's metadata since export); {} without onnx installed."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    from lowlight.core.onnx_graph import node_modules
+
+    return node_modules(onnx.load(str(onnx_path), load_external_data=False))
