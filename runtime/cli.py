@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,6 +150,7 @@ class RunResult:
     backend: str = ""
     dropped: int = 0  # live sources: frames replaced by a newer one before inference took them
     stream: dict = field(default_factory=dict)  # the stream's statistics (latency p50/p99...)
+    seconds: float = 0.0  # wall time from the first decode to the output in place: decode, enhance, encode, write
 
     @property
     def truncated(self) -> str | None:
@@ -166,6 +168,11 @@ class RunResult:
             line += f"; the input video is truncated: {self.truncated}"
         if self.dropped:
             line += f"; dropped {self.dropped} camera frames (inference slower than the camera: latest frame wins)"
+        if self.written and self.seconds > 0:
+            line += f"; {self.written / self.seconds:.1f} frames/s end to end (decode, enhance, encode and write)"
+            p50 = self.stream.get("latency_ms", {}).get("p50") if isinstance(self.stream.get("latency_ms"), dict) else None
+            if p50:
+                line += f", enhance p50 {p50:.1f} ms/frame"
         if (self.skipped or self.truncated) and self.output.is_dir():
             line += f" (details in {self.output / MARKER})"
         return line
@@ -244,6 +251,7 @@ def enhance(
             source.size = (w, h)
         check_video_encoder(out.suffix, source.fps, source.size)
     result = RunResult(out, 0, source.count, 0, backend=sess.backend_name)
+    t0 = time.perf_counter()
     with OutputLock(out, "--output"):
         for p in remove_stale(out):
             if not quiet:
@@ -256,6 +264,7 @@ def enhance(
         finally:
             result.dropped = int(getattr(source.reader, "dropped", 0) or 0)
             result.stream = stream.stats.as_dict()
+            result.seconds = time.perf_counter() - t0
     return result
 
 

@@ -117,7 +117,9 @@ def test_own_output_and_empty_folder_are_replaced_with_a_marker(fp32_bundle, tmp
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o755  # the user's umask, not tempfile's 0700
     assert run(fp32_bundle, "--input", make_frames(tmp_path / "b", 3), "--output", out) == 0  # ours: replaced
-    assert capsys.readouterr().out.strip().endswith(f"wrote 3 enhanced frames to {out}")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wrote 3 enhanced frames to {out}; ")
+    assert re.search(r"; [0-9.]+ frames/s end to end \(decode, enhance, encode and write\), enhance p50 [0-9.]+ ms/frame$", last)
     assert sorted(p.name for p in out.iterdir()) == ["f000.png", "f001.png", "f002.png", MARKER]
     info = json.loads((out / MARKER).read_text())
     assert info["input"] == str((tmp_path / "b").resolve()) and info["bundle"] == str(fp32_bundle.bundle.resolve())
