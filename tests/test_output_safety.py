@@ -77,32 +77,29 @@ def test_empty_folder_and_own_bundle_are_replaced(tmp_path: Path, cache_dir: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no lock, partial or old copy left
 
 
-def test_profile_failure_keeps_the_previous_bundle(tmp_path: Path, cache_dir: Path, fp32_bundle, monkeypatch) -> None:
+def _bundle_then_ctrl_c_in(module: str, name: str, tmp_path: Path, cache_dir: Path, monkeypatch) -> tuple[Path, dict[str, bytes]]:
+    """A finished bundle at tmp/b and its snapshot; from now on `module.name` raises KeyboardInterrupt."""
+    import importlib
+
     out = tmp_path / "b"
     compile_tiny(out, cache_dir, precision="fp32")
-    before = snapshot(tmp_path)
 
-    def boom(*a: object, **k: object) -> None:
+    def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    import lowlight.compile.profile as profile
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    return out, snapshot(tmp_path)
 
-    monkeypatch.setattr(profile, "profile_bundle", boom)
+
+def test_profile_failure_keeps_the_previous_bundle(tmp_path: Path, cache_dir: Path, fp32_bundle, monkeypatch) -> None:
+    out, before = _bundle_then_ctrl_c_in("lowlight.compile.profile", "profile_bundle", tmp_path, cache_dir, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         compile_tiny(out, cache_dir, precision="fp32", min_fidelity=20.0)  # options differ: a new bundle would differ
     assert snapshot(tmp_path) == before
 
 
 def test_interrupt_message_is_true(tmp_path: Path, cache_dir: Path, fp32_bundle, monkeypatch, capsys) -> None:
-    out = tmp_path / "b"
-    compile_tiny(out, cache_dir, precision="fp32")
-    before = snapshot(tmp_path)
-    import lowlight.compile.verify as verify
-
-    def interrupted(*a: object, **k: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(verify, "verify", interrupted)
+    out, before = _bundle_then_ctrl_c_in("lowlight.compile.verify", "verify", tmp_path, cache_dir, monkeypatch)
     assert main(tiny_args(out, cache_dir)) == 130
     assert "left as it was" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
