@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     p.add_argument("--out", default=None, help="bundle directory; only an absent path, an empty folder or a bundle is replaced (default: bundles/MODEL-CONFIG-TARGET-PRECISION)")
     p.add_argument("--min-fidelity", type=nonneg_float, default=35.0, help="fail below this PSNR (dB) to the FP32 model")
     p.add_argument("--max-drop", type=nonneg_float, default=0.3, help="fail above this PSNR drop (dB) against ground truth")
+    p.add_argument("--pixel-format", choices=["bgr24", "rgb24", "nv12", "yuyv"], default=None,
+                   help="take and return the camera's uint8 frames in this format, converted inside the graph "
+                        "(TensorRT does it on the GPU; YUV is BT.601 limited range); default: float RGB in [0,1]")
     p.add_argument("--int8-engine", choices=["auto", "nncf", "ort"], default="auto", help="post-training quantizer (auto: measure both on cpu)")
     p.add_argument("--calib-frames", type=positive_int, default=16, help="calibration samples, spread over the whole --calib source")
     p.add_argument("--verify-frames", type=positive_int, default=8, help="held-out verification samples (never calibration frames)")
@@ -71,7 +74,7 @@ def run(a: argparse.Namespace) -> int:
         calib=a.calib, verify_data=a.verify_data, ground_truth=a.ground_truth, shape=a.shape, out=a.out,
         family_options=family_options, min_fidelity=a.min_fidelity, max_drop=a.max_drop, int8_engine=a.int8_engine,
         calib_frames=a.calib_frames, verify_frames=a.verify_frames, force=a.force, cache_dir=a.cache_dir,
-        trt_version=a.trt_version, dla=a.dla, profile_runs=a.profile_runs, quiet=a.quiet,
+        trt_version=a.trt_version, dla=a.dla, profile_runs=a.profile_runs, quiet=a.quiet, pixel_format=a.pixel_format,
     )
     r = compile_bundle(opts)
     v = r.verification

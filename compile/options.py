@@ -31,6 +31,7 @@ class CompileOptions:
     dla: bool = False
     profile_runs: int = 20
     quiet: bool = False
+    pixel_format: str | None = None  # bgr24|rgb24|nv12|yuyv: camera bytes converted inside the graph
 
     def cache_path(self) -> Path:
         import os

@@ -216,6 +216,12 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
         )
 
+    if opts.pixel_format:
+        with progress.stage("lower", f"{opts.pixel_format} conversion into the graph, checked against the host conversions") as note:
+            plan, finals, feeds, reference, verification["pixel_format"] = _with_pixel_format(
+                plan, finals, feeds, run_artifact, opts.pixel_format, cache)
+            note["note"] = f"max {verification['pixel_format']['max_abs_levels']} level(s) from the host path"
+
     # -- bundle, profile: both run in the partial folder; only a finished bundle is renamed into place
     with staged_dir(out) as st:
         with progress.stage("bundle", str(out)):
@@ -233,6 +239,70 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     notes = list(plan.notes) + list(manifest.get("notes", []))
     progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
     return CompileResult(out, manifest, verification, profile, notes)
+
+
+def _with_pixel_format(plan: Any, finals: dict[str, Path], feeds: list[dict[str, np.ndarray]], run_artifact: Any,
+                       fmt: str, cache: StageCache) -> tuple[Any, dict[str, Path], list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], dict[str, Any]]:
+    """The verified graph with the camera format's decode before it and encode after it (one graph).
+
+    Checked on the verification samples: the wrapped graph on camera bytes against the
+    host path (numpy conversion, `lowlight.runtime.pixel_formats`, tested against OpenCV,
+    around the verified artifact); the bundle's reference outputs are that host path's bytes.
+    """
+    import onnx
+
+    from lowlight.compile.export import onnx_sha256, save_onnx
+    from lowlight.compile.passes.pixel_format import frame_shape, wrap_pixel_format
+    from lowlight.compile.plan import PlanComponent
+    from lowlight.core.errors import VerificationError
+    from lowlight.core.program import single_call_program
+    from lowlight.models.family import Tensor
+    from lowlight.runtime import pixel_formats as pf
+    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    if len(plan.components) != 1 or len(plan.inputs) != 1 or len(plan.output_names) != 1 or plan.inputs[0].layout not in ("BCHW", "BTCHW"):
+        raise LowlightError(
+            f"--pixel-format needs a one-graph model with one image input and one image output; {plan.name} has "
+            f"{len(plan.components)} component(s), inputs {[t.name for t in plan.inputs]}",
+            "drop --pixel-format and convert on the host (Session.stream(pixel_format=...) does)",
+        )
+    comp, image = plan.components[0], plan.inputs[0]
+    lead, (h, w) = tuple(image.shape[:-3]), tuple(image.shape[-2:])
+    fshape = frame_shape(fmt, h, w)
+    final = finals[comp.name]
+    try:
+        wrapped, _ = cache.run("pixel", onnx_sha256(final), {"format": fmt},
+                               lambda d: save_onnx(wrap_pixel_format(onnx.load(str(final)), fmt, comp.inputs[0].name, comp.outputs[0]), d / "model.onnx"),
+                               "model.onnx")
+    except ValueError as exc:
+        raise LowlightError(f"--pixel-format {fmt}: {exc}", "pick another --shape or --pixel-format") from None
+
+    def to_frames(x: np.ndarray) -> np.ndarray:
+        return np.stack([pf.from_rgb(f.transpose(1, 2, 0), fmt) for f in x.reshape(-1, 3, h, w)]).reshape(*lead, *fshape)
+
+    def to_image(fr: np.ndarray) -> np.ndarray:
+        return np.stack([pf.to_rgb(f, fmt).transpose(2, 0, 1) for f in fr.reshape(-1, *fshape)]).reshape(image.shape).astype(np.float32)
+
+    sess = OnnxRuntimeBackend(wrapped)
+    out_name = plan.output_names[0]
+    new_feeds, new_ref, worst = [], [], 0
+    for feed in feeds:
+        frames = to_frames(feed[image.name])
+        got = sess.run({"frame": frames})["enhanced_frame"]
+        want = to_frames(run_artifact({image.name: to_image(frames)})[out_name])
+        worst = max(worst, int(np.abs(got.astype(np.int16) - want.astype(np.int16)).max()))
+        new_feeds.append({"frame": frames})
+        new_ref.append({"enhanced_frame": want})
+    report = {"format": fmt, "standard": "BT.601 limited range" if fmt in ("nv12", "yuyv") else "8-bit sRGB bytes",
+              "max_abs_levels": worst, "samples": len(feeds)}
+    if worst > 1:  # one level: float32 rounding at a .5 boundary; more would be a conversion bug
+        raise VerificationError(f"the in-graph {fmt} conversion is {worst} levels from the host conversion", "please report this with the model and command")
+    t_in = Tensor("frame", (*lead, *fshape), fmt, None, "uint8")
+    pc = PlanComponent(comp.name, [t_in], ["enhanced_frame"], {"enhanced_frame": fmt}, comp.precision, onnx=wrapped)
+    program = dict(single_call_program(comp.name, ["frame"], ["enhanced_frame"]), seed=plan.program.get("seed", 0))
+    new_plan = dataclasses.replace(plan, inputs=[t_in], components=[pc], program=program, float_call=None,
+                                   record={**plan.record, "pixel_format": report})
+    return new_plan, {comp.name: wrapped}, new_feeds, new_ref, report
 
 
 def _record(plan: Any, feeds: list[dict[str, np.ndarray]], progress: Progress) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -420,7 +490,8 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         components[comp.name] = {
             "file": fname, "external_data": ext, "precision": comp.precision or precision,
             "inputs": [t.to_manifest() for t in comp.inputs],
-            "outputs": [{"name": o, "shape": list(shapes.get(o, ())) or [1], "dtype": "float32", "layout": comp.output_layouts.get(o, "other")}
+            "outputs": [{"name": o, "shape": list(shapes.get(o, ())) or [1], "dtype": str(reference[0][o].dtype) if o in reference[0] else "float32",
+                         "layout": comp.output_layouts.get(o, "other")}
                         for o in comp.outputs],
             "ops": counts, "stages": comp_reports[comp.name],
         }

@@ -55,6 +55,8 @@ def compare_outputs(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], imag
         row: dict[str, float] = {"max_abs": float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.size else 0.0}
         if np.issubdtype(r.dtype, np.integer):
             row["agreement"] = float(np.mean(o == r))
+            if name in image_outputs:  # camera bytes (--pixel-format): PSNR on the 0..255 scale
+                row["psnr_db"] = psnr(o.astype(np.float32), r.astype(np.float32), peak=255.0)
         elif name in image_outputs:
             row["psnr_db"] = psnr(o, r)
             row["ssim"] = ssim(o.reshape(-1, *o.shape[-2:]), r.reshape(-1, *r.shape[-2:]))

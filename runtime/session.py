@@ -48,6 +48,7 @@ class Session:
         self.program: dict[str, Any] = pm["program"]
         self.constants: dict[str, np.ndarray] = constants or {}
         self.output_names: list[str] = [o["name"] for o in manifest["outputs"]]
+        self.dtypes: dict[str, str] = {i["name"]: str(i.get("dtype", "float32")) for i in manifest["inputs"]}
         self.inputs: dict[str, list[int]] = {i["name"]: i["shape"] for i in manifest["inputs"]}
         self.ranges: dict[str, tuple[float, float]] = {
             i["name"]: (float(i["range"][0]), float(i["range"][1])) if i.get("range") is not None else (0.0, 1.0)
@@ -92,6 +93,11 @@ class Session:
                 f"input {name!r} has shape {list(x.shape)}, the bundle was compiled for {shape}",
                 "resize/crop frames to the compiled shape, or recompile with --shape",
             )
+        if self.dtypes.get(name) == "uint8":  # camera bytes (--pixel-format): every value is valid
+            if x.dtype != np.uint8:
+                raise InputError(f"input {name!r} has dtype {x.dtype}; this bundle takes the camera's uint8 bytes",
+                                 "pass the frame buffer as uint8 (as the camera or cv2 delivers it)")
+            return np.ascontiguousarray(x)
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(
                 f"input {name!r} has dtype {x.dtype}; expected float32 values in {declared}",
@@ -169,6 +175,11 @@ class Session:
         pixels), `cache` (False: recompute per-frame components for every window, to compare),
         `on_bad` ("skip" or "raise"). See `lowlight.runtime.stream`.
         """
+        compiled = self.manifest.get("pixel_format", {}).get("format") if isinstance(self.manifest.get("pixel_format"), dict) else None
+        if compiled is not None:
+            from lowlight.runtime.stream import CompiledFormatStream
+
+            return CompiledFormatStream(self, pixel_format, compiled)
         from lowlight.runtime.stream import FrameStream
 
         return FrameStream(self, pixel_format, **kw)
@@ -207,8 +218,8 @@ def _check_io(root: Path, manifest: dict[str, Any], backend: Any) -> None:
             if have is not None and (len(have) != len(t["shape"]) or any(isinstance(h, int) and h != d for h, d in zip(have, t["shape"]))):
                 raise BundleError(f"{root}: the manifest gives {t['name']!r} shape {t['shape']}, the model {have}", fix)
             want = t.get("dtype", "float32")
-            if key == "inputs" and want != "float32":
-                raise BundleError(f"{root}: input {t['name']!r} is declared {want!r}; this runtime feeds float32 frames", fix)
+            if key == "inputs" and want not in ("float32", "uint8"):
+                raise BundleError(f"{root}: input {t['name']!r} is declared {want!r}; this runtime feeds float32 frames or uint8 camera bytes", fix)
             if t["name"] in dtypes and dtypes[t["name"]] != want:
                 raise BundleError(f"{root}: the manifest gives {t['name']!r} dtype {want!r}, the model {dtypes[t['name']]!r}", fix)
 

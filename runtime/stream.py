@@ -255,3 +255,39 @@ class FrameStream:
             return per_frame[component]
 
         return self._program(feeds, call)[0]
+
+
+class CompiledFormatStream:
+    """Frame-by-frame over a bundle compiled with `--pixel-format`: the graph converts the camera's
+    bytes itself (on the GPU under TensorRT), so a frame is handed over as it is.
+
+    The compiled shape is the camera's: frames of another size or format are refused
+    (compile with `--shape` from the camera's resolution). Image bundles ([1,3,H,W])
+    only: a clip bundle needs T frames per call, so use `Session.run(frame=...)` there.
+    """
+
+    def __init__(self, session: Any, pixel_format: str, compiled: str) -> None:
+        from lowlight.core.errors import InputError
+
+        if pixel_format != compiled:
+            raise InputError(f"this bundle converts {compiled} frames in its graph; stream(pixel_format={pixel_format!r}) does not match",
+                             f"use stream(pixel_format={compiled!r}), or compile again with --pixel-format {pixel_format}")
+        self.session, self.pixel_format = session, compiled
+        self.input = next(iter(session.inputs))
+        self.shape = list(session.inputs[self.input])
+        if self.shape[0] != 1 or len(self.shape) != {"nv12": 3}.get(compiled, 4):
+            raise InputError(f"stream() over a {compiled} bundle needs a single-image bundle; this one takes {self.shape}",
+                             "call Session.run(frame=...) with whole batches or clips")
+        self.frames = 0
+
+    def __call__(self, frame: Any) -> Any:
+        import numpy as np
+
+        x = np.asarray(frame)
+        y = self.session.run(**{self.input: x.reshape(self.shape) if list(x.shape) == self.shape[1:] else x})
+        self.frames += 1
+        return y[self.session.output_name].reshape(x.shape)
+
+    def reset(self) -> None:
+        """Nothing is carried between frames of an image bundle."""
+

@@ -69,3 +69,80 @@ def test_bad_frames_say_what(fmt: str, frame: np.ndarray, msg: str) -> None:
         to_rgb(frame, fmt)
     with pytest.raises(InputError, match="unknown pixel format"):
         to_rgb(frame, "rgb565")
+
+
+# -- conversion inside the compiled graph (--pixel-format) ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["bgr24", "rgb24", "nv12", "yuyv"])
+@pytest.mark.parametrize("lead", [(2,), (1, 3)])  # image batches [B,3,H,W] and clips [B,T,3,H,W]
+def test_graph_conversion_equals_the_host_conversion(fmt: str, lead: tuple[int, ...]) -> None:
+    """decode -> model -> encode in one ONNX graph gives the bytes of the numpy path (itself tested against OpenCV)."""
+    import io
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from lowlight.compile.passes.pixel_format import frame_shape, wrap_pixel_format
+    from lowlight.runtime import pixel_formats as pf
+
+    h, w = 16, 24
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+
+    class Clip(torch.nn.Module):  # the model sees [*lead, 3, H, W]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.reshape(-1, 3, h, w)).reshape(x.shape)
+
+    buf = io.BytesIO()
+    torch.onnx.export(Clip(), (torch.rand(*lead, 3, h, w),), buf, input_names=["rgb"], output_names=["enhanced"], dynamo=False, opset_version=17)
+    core = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    wrapped = wrap_pixel_format(onnx.load_from_string(buf.getvalue()), fmt, "rgb", "enhanced")
+    sess = ort.InferenceSession(wrapped.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["frame"] and sess.get_inputs()[0].type == "tensor(uint8)"
+    rng = np.random.default_rng(1)
+    imgs = rng.random((int(np.prod(lead)), h, w, 3)).astype(np.float32)
+    frames = np.stack([pf.from_rgb(i, fmt) for i in imgs]).reshape(*lead, *frame_shape(fmt, h, w))
+    got = sess.run(None, {"frame": frames})[0]
+    x = np.stack([pf.to_rgb(f, fmt).transpose(2, 0, 1) for f in frames.reshape(-1, *frame_shape(fmt, h, w))]).reshape(*lead, 3, h, w)
+    y = core.run(None, {"rgb": x.astype(np.float32)})[0]
+    want = np.stack([pf.from_rgb(i.transpose(1, 2, 0), fmt) for i in y.reshape(-1, 3, h, w)]).reshape(got.shape)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert got.dtype == np.uint8 and diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+def test_pixel_format_bundle_takes_camera_bytes(tmp_path, data_dir) -> None:
+    """--pixel-format bgr24: the bundle's input and output are the camera's bytes; stream() hands them over as they are."""
+    import json
+    from pathlib import Path
+
+    import lowlight.runtime as rt
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.compile.cli import main
+    from lowlight.runtime import pixel_formats as pf
+
+    toy = Path(__file__).resolve().parent / "families" / "toy.py"
+    common = ["--model", f"{toy}:ToyDenoiser", "--shape", "1x3x32x48", "--pixel-format", "bgr24", "--verify-frames", "3",
+              "--profile-runs", "2", "--quiet", "--cache-dir", str(tmp_path / "c"), "--calib", str(SAMPLES_DIR)]
+    assert main(common + ["--out", str(tmp_path / "cpu")]) == 0
+    m = json.loads((tmp_path / "cpu" / "manifest.json").read_text())
+    assert m["inputs"] == [{"name": "frame", "shape": [1, 32, 48, 3], "dtype": "uint8", "layout": "bgr24"}]
+    assert m["outputs"][0]["dtype"] == "uint8" and m["pixel_format"]["max_abs_levels"] <= 1
+    sess = rt.load(tmp_path / "cpu", verbose=False)
+    frame = (np.random.default_rng(0).random((32, 48, 3)) * 80).astype(np.uint8)
+    out = sess.stream(pixel_format="bgr24")(frame)
+    assert out.dtype == np.uint8 and out.shape == frame.shape
+    with pytest.raises(Exception, match="does not match"):
+        sess.stream(pixel_format="nv12")
+    ref = np.load(tmp_path / "cpu" / "reference.npz")
+    assert ref["input:frame"].dtype == np.uint8 and ref["output:enhanced_frame"].shape == (min(2, 3), 1, 32, 48, 3)
+    # the same conversion is in the graph TensorRT builds from (no host step on the Jetson)
+    assert main(common + ["--target", "jetson-orin", "--out", str(tmp_path / "orin")]) == 0
+    orin = json.loads((tmp_path / "orin" / "manifest.json").read_text())
+    assert orin["inputs"][0]["dtype"] == "uint8" and (tmp_path / "orin" / "build_plan.json").is_file()
+    assert pf.check_format("bgr24") == "bgr24"
