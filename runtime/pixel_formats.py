@@ -16,8 +16,9 @@ those before feeding, or they come out with crushed blacks and a slight hue shif
 Chroma is upsampled by nearest neighbour (each U/V sample covers its 2x2 or 2x1
 block), as OpenCV does; on output, chroma is the mean of each block.
 
-The conversion runs on the host here, before and after the compiled graph (see
-the README's "Camera integration": converting inside the graph is not done yet).
+This is the host path, around a float bundle. A bundle compiled with
+`--pixel-format` converts inside its graph instead (`compile/passes/pixel_format.py`,
+the same arithmetic, tested to match this module).
 """
 from __future__ import annotations
 
