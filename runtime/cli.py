@@ -237,6 +237,15 @@ def enhance(
     sess = _load_session(bundle, backend, quiet)
     from lowlight.runtime.stream import EXPOSURE, FLOAT_FORMAT
 
+    compiled = sess.manifest.get("pixel_format")
+    if isinstance(compiled, dict):
+        shape = next(iter(sess.inputs.values()))
+        raise InputError(
+            f"{bundle} takes {compiled.get('format')} camera bytes of shape {shape} (compiled with --pixel-format): "
+            "it is made for a camera loop, while lowlight-run decodes files to float RGB at any size",
+            f"call lowlight.runtime.load(bundle).stream(pixel_format={compiled.get('format')!r}) from the camera loop, "
+            "or compile a bundle without --pixel-format for lowlight-run",
+        )
     stream = sess.stream(FLOAT_FORMAT, exposure=EXPOSURE if exposure else None)  # refuses bundles it cannot feed
     shape = list(stream.tile_size)
     if to_video:

@@ -145,4 +145,13 @@ def test_pixel_format_bundle_takes_camera_bytes(tmp_path, data_dir) -> None:
     assert main(common + ["--target", "jetson-orin", "--out", str(tmp_path / "orin")]) == 0
     orin = json.loads((tmp_path / "orin" / "manifest.json").read_text())
     assert orin["inputs"][0]["dtype"] == "uint8" and (tmp_path / "orin" / "build_plan.json").is_file()
+    # lowlight-run decodes files to float RGB at any size: it says where such a bundle belongs
+    from lowlight.runtime.cli import main as run_main
+
+    import cv2
+
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), frame)
+    assert run_main([str(tmp_path / "cpu"), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--quiet"]) == 2
+    assert not (tmp_path / "o").exists()
     assert pf.check_format("bgr24") == "bgr24"
