@@ -252,7 +252,7 @@ def _with_pixel_format(plan: Any, finals: dict[str, Path], feeds: list[dict[str,
     import onnx
 
     from lowlight.compile.export import onnx_sha256, save_onnx
-    from lowlight.compile.passes.pixel_format import frame_shape, wrap_pixel_format
+    from lowlight.passes.pixel_format import frame_shape, wrap_pixel_format
     from lowlight.compile.plan import PlanComponent
     from lowlight.core.errors import VerificationError
     from lowlight.core.program import single_call_program

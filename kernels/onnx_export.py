@@ -6,7 +6,7 @@ custom_translation_table=...)`; each `lowlight::*` torch op becomes ONE node
 `attach_functions(model)` then adds each op's body, a model-local ONNX function
 of standard ops, so onnxruntime (which inlines local functions) runs the graph
 as is. `export_onnx(module, args)` does both. The lowering pass
-(`lowlight.compile.passes.custom_ops`) later inlines the bodies (onnxruntime,
+(`lowlight.passes.custom_ops`) later inlines the bodies (onnxruntime,
 TensorRT < 10.9) or strips them and marks the node for our TensorRT plugin.
 
 Why bodies are attached after export, not by the exporter: torch 2.13's dynamo

@@ -6,7 +6,7 @@ compiles our Triton kernel to PTX for the build GPU and returns it with its
 launch grid and scalar arguments: the kernel is baked into the engine, no
 Python at run time. The ONNX parser maps a node to a plugin when the node's op
 type is the plugin name and it carries `plugin_namespace` (and `aot=1` to pick
-the AOT implementation): `lowlight.compile.passes.custom_ops.to_plugin_nodes`.
+the AOT implementation): `lowlight.passes.custom_ops.to_plugin_nodes`.
 
 | plugin                       | ONNX node                      | kernel                      |
 |------------------------------|--------------------------------|-----------------------------|

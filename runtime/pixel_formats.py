@@ -17,7 +17,7 @@ Chroma is upsampled by nearest neighbour (each U/V sample covers its 2x2 or 2x1
 block), as OpenCV does; on output, chroma is the mean of each block.
 
 This is the host path, around a float bundle. A bundle compiled with
-`--pixel-format` converts inside its graph instead (`compile/passes/pixel_format.py`,
+`--pixel-format` converts inside its graph instead (`passes/pixel_format.py`,
 the same arithmetic, tested to match this module).
 """
 from __future__ import annotations

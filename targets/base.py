@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from lowlight.compile.passes import LoweringPass
+from lowlight.passes import LoweringPass
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import onnx
@@ -41,7 +41,7 @@ class Target:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
-        """Named ONNX -> ONNX passes to run after simplify, in order (from `lowlight.compile.passes`)."""
+        """Named ONNX -> ONNX passes to run after simplify, in order (from `lowlight.passes`)."""
         return []
 
     def check_graph(self, model: "onnx.ModelProto", options: dict[str, Any]) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lowlight.compile.passes import LoweringPass
+from lowlight.passes import LoweringPass
 from lowlight.targets.base import Target
 
 
@@ -19,8 +19,8 @@ class CPUTarget(Target):
     """
 
     def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
-        from lowlight.compile.passes.custom_ops import decompose_custom_ops
-        from lowlight.compile.passes.dft import lower_dft
+        from lowlight.passes.custom_ops import decompose_custom_ops
+        from lowlight.passes.dft import lower_dft
 
         return [("decompose-custom-ops", decompose_custom_ops), ("dft-to-matmul", lower_dft)]
 

@@ -9,7 +9,7 @@ CLI's SUBCOMMANDS table) are deliberately not edges: that is how a registry
 reaches its plugins without importing them by name.
 
 A "folder" is the directory a module lives in, so a subpackage is a folder of
-its own: `lowlight.compile.passes` (the ONNX passes library) and
+its own: `lowlight.passes` (the ONNX passes library) and
 `lowlight.targets.tensorrt` are separate from `lowlight.compile` and
 `lowlight.targets`.
 """
@@ -205,10 +205,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # What ships to the vehicle: the bundle format and errors, nothing else.
     "lowlight.runtime": ("lowlight.core",),
     # The passes library: pure ONNX rewrites over core errors and the custom-op bodies.
-    "lowlight.compile.passes": ("lowlight.core", "lowlight.kernels"),
+    "lowlight.passes": ("lowlight.core", "lowlight.kernels"),
     # TensorRT knowledge in one place; `lowlight.targets` for Target and the device table,
     # runtime for the host probes and the engine runner used to verify a build.
-    "lowlight.targets.tensorrt": ("lowlight.core", "lowlight.kernels", "lowlight.compile.passes",
+    "lowlight.targets.tensorrt": ("lowlight.core", "lowlight.kernels", "lowlight.passes",
                                   "lowlight.targets", "lowlight.runtime"),
 }
 

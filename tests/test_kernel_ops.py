@@ -224,7 +224,7 @@ def test_onnx_export_runs_in_onnxruntime(spectral_onnx):
 
 
 def test_decompose_custom_ops(spectral_onnx):
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops
+    from lowlight.passes.custom_ops import decompose_custom_ops
 
     proto, x, want = spectral_onnx
     out = decompose_custom_ops(proto)
@@ -237,7 +237,7 @@ def test_decompose_custom_ops(spectral_onnx):
 
 def test_decompose_bare_export_without_bodies():
     """A plain `torch.onnx.export(custom_translation_table=...)` (no bodies yet) decomposes too."""
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops
+    from lowlight.passes.custom_ops import decompose_custom_ops
 
     model = SpectralBlock().eval()
     x = torch.randn(1, 4, 6, 8, generator=_gen(7))
@@ -249,7 +249,7 @@ def test_decompose_bare_export_without_bodies():
 
 
 def test_to_plugin_nodes(spectral_onnx):
-    from lowlight.compile.passes.custom_ops import to_plugin_nodes
+    from lowlight.passes.custom_ops import to_plugin_nodes
 
     proto, x, want = spectral_onnx
     out = to_plugin_nodes(proto, plugin_namespace="lowlight")
@@ -269,7 +269,7 @@ def test_to_plugin_nodes(spectral_onnx):
 
 
 def test_lowering_passes_are_noops_without_custom_ops():
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops, to_plugin_nodes
+    from lowlight.passes.custom_ops import decompose_custom_ops, to_plugin_nodes
 
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
@@ -281,7 +281,7 @@ def test_lowering_passes_are_noops_without_custom_ops():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_moe_onnx_both_forms(dtype):
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops, to_plugin_nodes
+    from lowlight.passes.custom_ops import decompose_custom_ops, to_plugin_nodes
     from lowlight.kernels.onnx_export import export_onnx
 
     model = MoEBlock(dtype).eval()
@@ -370,7 +370,7 @@ class GatesOnly(SpectralBlock):
 
 def test_onnx_dynamic_shapes():
     """The lowlight nodes and bodies are shape-generic: one export runs at other B/H/W and N."""
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops
+    from lowlight.passes.custom_ops import decompose_custom_ops
     from lowlight.kernels.onnx_export import export_onnx
 
     model = GatesOnly(C=4, k=5).eval()
@@ -391,7 +391,7 @@ def test_trt_engine_matches_reference():
         pytest.skip("needs a CUDA GPU")
     import tensorrt as trt
 
-    from lowlight.compile.passes.custom_ops import to_plugin_nodes
+    from lowlight.passes.custom_ops import to_plugin_nodes
     from lowlight.kernels import trt_plugins
 
     from lowlight.kernels.onnx_export import export_onnx

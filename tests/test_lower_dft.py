@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lowlight.compile.passes.dft import dft_matrix, lower_dft
+from lowlight.passes.dft import dft_matrix, lower_dft
 from lowlight.core.errors import TargetError
 
 

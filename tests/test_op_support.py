@@ -84,7 +84,7 @@ def test_1d_conv_is_rejected() -> None:
 
 def test_lowered_spectral_graph_passes_10_3() -> None:
     torch = pytest.importorskip("torch")
-    from lowlight.compile.passes.dft import lower_dft
+    from lowlight.passes.dft import lower_dft
 
     class Gate(torch.nn.Module):
         def forward(self, x):  # type: ignore[no-untyped-def]

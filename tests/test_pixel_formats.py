@@ -84,7 +84,7 @@ def test_graph_conversion_equals_the_host_conversion(fmt: str, lead: tuple[int, 
     import onnxruntime as ort
     import torch
 
-    from lowlight.compile.passes.pixel_format import frame_shape, wrap_pixel_format
+    from lowlight.passes.pixel_format import frame_shape, wrap_pixel_format
     from lowlight.runtime import pixel_formats as pf
 
     h, w = 16, 24

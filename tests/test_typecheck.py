@@ -80,7 +80,7 @@ def _fixed_stubs(dest: Path) -> Path:
     return dest
 
 
-FOLDERS = ("core", "compile", "runtime", "kernels", "targets", "calibration", "models")
+FOLDERS = ("core", "compile", "passes", "runtime", "kernels", "targets", "calibration", "models")
 #: Checked whole, whether or not a module imports tensorrt itself: the plan and
 #: op checks feed the engine builder.
 TENSORRT_PACKAGE = REPO / "targets" / "tensorrt"

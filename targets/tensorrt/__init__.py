@@ -4,7 +4,7 @@
   parser, plugins, strong typing, calibration cache, DLA, IMoELayer), the
   ONNX domain and plugin namespace of our custom nodes;
 - `target`: `TensorRTTarget`, one per device in `targets/devices.py`, and the
-  lowering passes it picks from `lowlight.compile.passes`;
+  lowering passes it picks from `lowlight.passes`;
 - `trt_ops` (data) and `op_support`: which ONNX ops each parser accepts, and
   the compile-time check naming every node a target cannot run;
 - `dla`: which layers fall back from Orin's DLA to the GPU;
@@ -17,7 +17,7 @@
 
 Dependencies point one way: this package imports `lowlight.core`,
 `lowlight.kernels` (plugins), `lowlight.runtime.tensorrt_backend` (host probes,
-the engine runner), `lowlight.compile.passes` and `lowlight.targets`' own base
+the engine runner), `lowlight.passes` and `lowlight.targets`' own base
 modules; `lowlight.compile` reaches it only through `lowlight.targets.get_target`
 and the CLI's module path of `cmd_build_engine`.
 """

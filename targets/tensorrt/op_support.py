@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lowlight.targets.tensorrt import trt_ops
+import lowlight.targets.tensorrt.trt_ops as trt_ops
 from lowlight.targets.tensorrt.capabilities import CUSTOM_DOMAIN, TrtTargetView
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """`TensorRTTarget`: a GPU or Jetson and the TensorRT version it runs.
 
-The target picks its lowering passes from `lowlight.compile.passes` by what
+The target picks its lowering passes from `lowlight.passes` by what
 its TensorRT can parse (capabilities.py), checks the graph (op_support.py,
 dla.py) and finishes the bundle (build_plan.py). One target per device in
 `targets/devices.py`; `--trt-version` rebinds a target to another TensorRT.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lowlight.compile.passes import LoweringPass
+from lowlight.passes import LoweringPass
 from lowlight.core.trt_version import TrtVersion
 from lowlight.targets.base import Target
 from lowlight.targets.devices import DEVICES, DeviceSpec
@@ -24,7 +24,7 @@ def _decompose_custom_ops(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """Replace lowlight-domain nodes by standard ONNX ops (no plugins on this TensorRT)."""
     if not _has_custom_nodes(model):
         return model
-    from lowlight.compile.passes.custom_ops import decompose_custom_ops
+    from lowlight.passes.custom_ops import decompose_custom_ops
 
     return decompose_custom_ops(model)
 
@@ -33,7 +33,7 @@ def _to_plugin_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
     """Turn our custom ops (or their subgraphs) into AOT plugin nodes where a kernel exists."""
     if not _has_custom_nodes(model):
         return model
-    from lowlight.compile.passes.custom_ops import to_plugin_nodes
+    from lowlight.passes.custom_ops import to_plugin_nodes
 
     out = to_plugin_nodes(model, PLUGIN_NAMESPACE)
     if not _has_custom_nodes(out):
@@ -49,7 +49,7 @@ def _to_plugin_nodes(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 
 def _lower_dft(model: "onnx.ModelProto") -> "onnx.ModelProto":
-    from lowlight.compile.passes.dft import lower_dft
+    from lowlight.passes.dft import lower_dft
 
     return lower_dft(model)
 
