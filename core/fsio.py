@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -79,50 +80,58 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _leftover(name: str, prefix: str) -> tuple[str, int] | None:
+    """("partial"|"old", PID) if `name` is exactly a leftover name this module makes for `prefix`, else None.
+
+    The whole name must match `.PREFIX.partial-PID-XXXXXXXX[.SUFFIX]` or `.PREFIX.old-PID-XXXXXXXX`
+    (8 hex digits): a user's `.PREFIX.old-backup` is never taken for ours.
+    """
+    m = _LEFTOVER.fullmatch(name)
+    if m is None or m.group("prefix") != prefix:
+        return None
+    return m.group("kind"), int(m.group("pid"))
+
+
+_LEFTOVER = re.compile(r"\.(?P<prefix>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[0-9a-f]{8}(?:\.[A-Za-z0-9]+)?")
+
+
+def _remove(p: Path, removed: list[Path]) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(p)
+    except OSError:
+        pass
+
+
 def remove_stale(out: Path) -> list[Path]:
     """Remove leftovers of killed runs on `out`: partial folders/files of dead PIDs, old copies.
 
-    Only names this module generates are touched, and only when the PID that
-    made them is gone (call it while holding `OutputLock(out)`).
+    Only names this module generates are touched (`_leftover`); partials only when
+    the PID that made them is gone. Call it while holding `OutputLock(out)`: an old
+    copy exists only between the two renames of `commit_dir`, under that lock.
     """
     removed: list[Path] = []
     if not out.parent.is_dir():
         return removed
-    for p in out.parent.glob(f".{out.name}*"):
-        rest = p.name[len(out.name) + 1 :]
-        stale = False
-        if rest.startswith(_PARTIAL):
-            pid = rest[len(_PARTIAL) :].split("-", 1)[0]
-            stale = not pid.isdigit() or not _pid_alive(int(pid))
-        elif rest.startswith(_OLD):
-            stale = True
-        if not stale:
-            continue
-        try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
+    for p in out.parent.glob(f".{out.name}.*"):
+        hit = _leftover(p.name, out.name)
+        if hit is not None and (hit[0] == "old" or not _pid_alive(hit[1])):
+            _remove(p, removed)
     return removed
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
-    """Remove every `.X.partial-PID-*` in `folder` whose PID is gone (a folder only this tool writes, e.g. the cache)."""
+    """Remove every partial leftover in `folder` whose PID is gone (a folder only this tool writes, e.g. the cache)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.glob(f".*{_PARTIAL}*"):
-        pid = p.name.split(_PARTIAL, 1)[1].split("-", 1)[0]
-        if pid.isdigit() and _pid_alive(int(pid)):
-            continue
-        try:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
+        m = _LEFTOVER.fullmatch(p.name)
+        if m is not None and m.group("kind") == "partial" and not _pid_alive(int(m.group("pid"))):
+            _remove(p, removed)
     return removed
 
 
@@ -221,6 +230,11 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         make_dir(self.out.parent)
+        if self.path.is_symlink() or (self.path.exists() and not self._ours()):
+            raise OutputError(
+                f"{self.path} exists and is not a lock this tool wrote; refusing to touch it",
+                f"move that file away, or choose another {self.flag}",
+            )
         fh = open(self.path, "a+")
         try:
             import fcntl
@@ -252,6 +266,20 @@ class OutputLock:
         fh.flush()
         self._fh = fh
         return self
+
+    def _ours(self) -> bool:
+        """An existing lock file is ours if empty (just created by a racing run) or our JSON with a PID."""
+        try:
+            text = self.path.read_text()
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not text.strip():
+            return True
+        try:
+            info = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(info, dict) and "pid" in info
 
     def __exit__(self, *exc: Any) -> None:
         if self._fh is not None:

@@ -213,3 +213,17 @@ def test_empty_checkpoint_exits_2(tmp_path: Path, cache_dir: Path, capsys) -> No
     err = capsys.readouterr().err
     assert "empty.pt" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pt"]
+
+
+def test_a_users_look_alike_files_beside_out_are_never_touched(tmp_path: Path, cache_dir: Path, fp32_bundle) -> None:
+    (tmp_path / ".b.old-backup").mkdir()  # not our .NAME.old-PID-XXXXXXXX
+    (tmp_path / ".b.old-backup" / "thesis.tex").write_text("years of work\n")
+    (tmp_path / ".b.partial-notes.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    compile_tiny(tmp_path / "b", cache_dir, precision="fp32")
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("b/")} == before
+    (tmp_path / ".c.lock").write_text("a user's notes, not a lock\n")
+    with pytest.raises(OutputError, match="is not a lock this tool wrote"):
+        compile_tiny(tmp_path / "c", cache_dir, precision="fp32")
+    assert (tmp_path / ".c.lock").read_text() == "a user's notes, not a lock\n" and not (tmp_path / "c").exists()
