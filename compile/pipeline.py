@@ -585,7 +585,8 @@ def _fill_internal_shapes(plan: Any, components: dict[str, Any], feed: dict[str,
     """Output shapes of every component, from one float run of the program (internal values have no reference)."""
     from lowlight.core.program import run_program
 
-    if plan.float_call is None:
+    internal = {o["name"] for c in components.values() for o in c["outputs"]} - set(plan.output_names)
+    if plan.float_call is None or not internal:  # every output is a program output: the reference gave its shape
         return
     shapes: dict[str, dict[str, list[int]]] = {}
     dtypes: dict[str, dict[str, str]] = {}
