@@ -73,9 +73,11 @@ def test_cache_names_match_the_float_graph(tmp_path: Path) -> None:
 
 
 def test_engine_build_restamps_the_header_for_the_device_trt(tmp_path: Path) -> None:
-    from lowlight.targets.tensorrt.engine import _cache_for_this_trt
+    from lowlight.targets.tensorrt.engine import _restamped_cache
 
     path = write_cache(tmp_path / "c.cache", {"rgb": 0.5}, 100300)
-    out = _cache_for_this_trt(path, "10.3.0.30").decode().splitlines()
+    before = path.read_bytes()
+    out = _restamped_cache(path, "10.3.0.30", tmp_path / "cache").read_text().splitlines()
     assert out == ["TRT-100300-MinMaxCalibration", "rgb: 3f000000"]
-    assert _cache_for_this_trt(path, "10.13.2").decode().startswith("TRT-101302-MinMaxCalibration\n")
+    assert _restamped_cache(path, "10.13.2", tmp_path / "cache").read_text().startswith("TRT-101302-MinMaxCalibration\n")
+    assert path.read_bytes() == before  # the bundle's cache is left as compiled

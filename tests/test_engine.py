@@ -65,13 +65,13 @@ def _bundle(tmp_path: Path) -> Path:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     g = helper.make_graph([helper.make_node("Relu", ["rgb"], ["out"], name="r")], "g",
-                          [helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [1, 3, 8, 8])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])])
+                          [helper.make_tensor_value_info("rgb", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 16, 16])])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), bundle / "model.onnx")
-    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    x = np.random.default_rng(0).random((2, 1, 3, 16, 16), dtype=np.float32)  # 2 samples stacked on a leading axis
     np.savez(bundle / "reference.npz", **{"input:rgb": x, "output:out": np.maximum(x, 0)})
     ctx = {"model_path": str(bundle / "model.onnx"), "float_model_path": str(bundle / "model.onnx"), "precision": "fp16",
-           "input_shapes": {"rgb": [1, 3, 8, 8]}, "output_names": ["out"], "reference_path": str(bundle / "reference.npz"),
+           "input_shapes": {"rgb": [1, 3, 16, 16]}, "output_names": ["out"], "reference_path": str(bundle / "reference.npz"),
            "cache_dir": str(tmp_path / "cache"), "dla": False, "verify": {"min_fidelity": 35.0}}
     target = get_target(_host_target(), host_trt_version() or "10.13")
     entries = target.finish_bundle(str(bundle), ctx)
@@ -104,8 +104,8 @@ def test_update_manifest_hashes_new_files(tmp_path: Path) -> None:
     (tmp_path / "model.engine").write_bytes(b"engine")
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     (tmp_path / "manifest.json").write_text(json.dumps({
-        "format_version": 1, "model": "model.onnx", "inputs": [{"name": "rgb", "shape": [1, 3, 8, 8]}],
-        "outputs": [{"name": "enhanced", "shape": [1, 3, 8, 8]}], "files": {"model.onnx": "0" * 64}, "engine": None, "tensorrt": {"plan": "p"},
+        "format_version": 1, "model": "model.onnx", "inputs": [{"name": "rgb", "shape": [1, 3, 16, 16]}],
+        "outputs": [{"name": "enhanced", "shape": [1, 3, 16, 16]}], "files": {"model.onnx": "0" * 64}, "engine": None, "tensorrt": {"plan": "p"},
     }))
     entries = {"engine": {"file": "model.engine", "trt_version": "10.3.0", "arch": "sm_87"}, "engine_status": "built"}
     m = cmd_build_engine.update_manifest(tmp_path, entries, {"engine_verify": {"passed": True}}, ["model.engine"])
@@ -128,3 +128,69 @@ def test_build_and_run_engine_on_this_gpu(tmp_path: Path) -> None:
     out = backend.run({"rgb": x})["out"]
     assert np.abs(out - np.maximum(x, 0)).max() < 1e-2
     assert any((tmp_path / "cache").iterdir())  # timing cache kept for the next build
+
+
+polygraphy = pytest.importorskip("polygraphy", reason="Polygraphy is in the [trt] and [dev] extras")
+
+
+def test_engine_verification_runs_polygraphys_runner_and_comparator(tmp_path: Path) -> None:
+    """verify_engine with an onnxruntime runner in place of TrtRunner: the same loaders, files and comparator."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    from lowlight.targets.tensorrt.build_plan import load_plan
+    from lowlight.targets.tensorrt.engine import verify_engine
+
+    bundle = _bundle(tmp_path)
+    plan = load_plan(bundle)
+    assert (bundle / plan["polygraphy"]["inputs"]).is_file()  # the files `polygraphy run --load-*` reads
+    result = verify_engine(bundle, plan, runner=OnnxrtRunner(SessionFromOnnx(str(bundle / "model.onnx"))))
+    assert result["passed"] and result["polygraphy"]["passed"]
+    assert result["fidelity_psnr_db"]["out"] == float("inf")  # Relu in ORT is exact
+    assert "onnxrt-runner" in result["what_ran"]
+
+
+def test_engine_verification_fails_below_the_budget_on_both_sides(tmp_path: Path) -> None:
+    """A runner whose output is off by 0.05 (26 dB) fails both Polygraphy's PSNR check and our gate."""
+    from polygraphy.backend.base import BaseRunner
+
+    from lowlight.core.errors import VerificationError
+    from lowlight.targets.tensorrt.build_plan import load_plan
+    from lowlight.targets.tensorrt.engine import verify_engine
+
+    class Off(BaseRunner):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name="off-by-0.05")
+
+        def activate_impl(self) -> None: ...
+
+        def deactivate_impl(self) -> None: ...
+
+        def get_input_metadata_impl(self) -> object:
+            from polygraphy.common import TensorMetadata
+
+            return TensorMetadata().add("rgb", np.float32, (1, 3, 16, 16))
+
+        def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            self.inference_time = 0.0  # Polygraphy's Comparator sums it
+            return {"out": np.maximum(feed_dict["rgb"], 0) + np.float32(0.05)}
+
+    bundle = _bundle(tmp_path)
+    with pytest.raises(VerificationError) as err:
+        verify_engine(bundle, load_plan(bundle), runner=Off())
+    assert "26.02 dB" in err.value.what and "Polygraphy's comparator: failed" in err.value.what
+
+
+def test_polygraphy_reads_the_bundles_reference_files(tmp_path: Path) -> None:
+    """The JSON the compiler writes without Polygraphy installed is what Polygraphy itself loads."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    from lowlight.targets.tensorrt.build_plan import POLYGRAPHY_RUNNER, load_plan
+
+    bundle = _bundle(tmp_path)
+    plan = load_plan(bundle)
+    feeds = load_json(str(bundle / plan["polygraphy"]["inputs"]))
+    ref = np.load(bundle / "reference.npz")
+    assert np.array_equal(feeds[0]["rgb"], ref["input:rgb"][0])
+    rr = RunResults.load(str(bundle / plan["polygraphy"]["outputs"]))
+    assert rr[0][0] == POLYGRAPHY_RUNNER and np.array_equal(rr[0][1][0]["out"], ref["output:out"][0])

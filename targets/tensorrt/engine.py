@@ -1,6 +1,10 @@
-"""Build a TensorRT engine from a bundle's build plan (TensorRT Python API).
+"""Build, verify and profile a TensorRT engine from a bundle's build plan.
 
-Strongly typed networks for TensorRT 11.x (precisions from the ONNX types and
+The build and the verification go through Polygraphy's loaders, runner and
+comparator (pip install 'lowlight-compile[trt]'); the latency split (H2D, GPU
+compute, D2H, with and without a CUDA graph) and the per-layer profile use the
+TensorRT API directly, since Polygraphy's runner reports only whole-inference
+time. Strongly typed networks for TensorRT 11.x (precisions from the ONNX types and
 Q/DQ), FP16/INT8 builder flags plus a calibration cache for 10.x, workspace
 from the device memory, one optimization profile per plan, a timing cache
 kept in the cache directory and reused across builds, a DLA core with GPU
@@ -42,159 +46,215 @@ def build_blocker(target: TrtTargetView) -> str | None:
     return None
 
 
-def _calibrator(trt_mod: Any, cache_bytes: bytes) -> "trt.IInt8Calibrator":
-    """A calibrator that never sees data: it hands TensorRT our cache."""
+def _network_loader(onnx_path: Path, flags: set[str]) -> Any:
+    """Polygraphy's ONNX network loader, or ours where a creation flag it does not expose is needed.
 
-    class CacheCalibrator(trt_mod.IInt8MinMaxCalibrator):  # type: ignore[misc]  # base is Any
-        def __init__(self) -> None:
-            trt_mod.IInt8MinMaxCalibrator.__init__(self)
+    Polygraphy's `CreateNetwork` sets STRONGLY_TYPED but not PREFER_AOT_PYTHON_PLUGINS
+    (0.53), which our AOT plugins need; only then the network is made here, in the
+    (builder, network, parser) shape Polygraphy's engine loader takes.
+    """
+    from polygraphy.backend.trt import NetworkFromOnnxPath
 
-        def get_batch_size(self) -> int:
-            return 1
+    strongly_typed = "STRONGLY_TYPED" in flags
+    if "PREFER_AOT_PYTHON_PLUGINS" not in flags:
+        return NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed)
 
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            return None  # no data: the cache holds every scale
+    def load() -> tuple[Any, Any, Any]:
+        import tensorrt as trt
+        from polygraphy.backend.trt import util as trt_util
 
-        def read_calibration_cache(self) -> bytes:
-            return cache_bytes
+        builder = trt.Builder(trt_util.get_trt_logger())
+        net_flags = 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+        if strongly_typed:
+            net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(net_flags)
+        parser = trt.OnnxParser(network, trt_util.get_trt_logger())
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = [f"{e.node_name()} ({e.node_operator()}): {e.desc()}" for e in (parser.get_error(i) for i in range(parser.num_errors))]
+            raise _ParseError("\n  ".join(errors))
+        return builder, network, parser
 
-        def write_calibration_cache(self, cache: Any) -> None:
-            return None
-
-    return CacheCalibrator()
+    return load
 
 
-def _cache_for_this_trt(path: Path, trt_version: str) -> bytes:
-    """The cache with its header re-stamped for the TensorRT that builds (10.3.0.30 -> 100300).
+class _ParseError(Exception):
+    """The ONNX parser's errors, one line per failing node."""
+
+
+def _restamped_cache(path: Path, trt_version: str, cache_dir: Path) -> Path:
+    """A copy of the calibration cache with its header re-stamped for the TensorRT that builds (10.3.0.30 -> 100300).
 
     TensorRT ignores a cache whose header names another version; the plan's
-    version may lack the patch level the device reports.
+    version may lack the patch level the device reports. The bundle's own file
+    is left as compiled.
     """
     from lowlight.targets.tensorrt.calib_cache import ALGORITHM, header
 
     lines = path.read_text().splitlines()
     lines[0] = header(TrtVersion.parse(trt_version).code, ALGORITHM)
-    return ("\n".join(lines) + "\n").encode()
+    out = cache_dir / f"calibration-{TrtVersion.parse(trt_version).code}-{path.stat().st_size}.cache"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def build_engine(bundle_dir: str | Path, plan: dict[str, Any], cache_dir: str | Path,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Build `plan["engine"]` inside `bundle_dir`; returns manifest entries for it."""
+    """Build `plan["engine"]` inside `bundle_dir` with Polygraphy's loaders; returns manifest entries for it.
+
+    NetworkFromOnnxPath -> CreateConfig (precision flags, the calibration cache
+    through Polygraphy's Calibrator with no data, profiles, workspace, timing
+    cache, DLA) -> EngineBytesFromNetwork: the chain `polygraphy convert` runs,
+    so a user can reproduce a build with the command the plan prints.
+    """
     import tensorrt as trt
+    from polygraphy.backend.trt import Calibrator, CreateConfig, EngineBytesFromNetwork, PostprocessConfig, Profile
+    from polygraphy.exception import PolygraphyException
 
     from lowlight.core.errors import TargetError
     from lowlight.runtime.tensorrt_backend import host_gpu_arch
 
     bundle = Path(bundle_dir)
-    logger = trt.Logger(trt.Logger.WARNING)
     if plan.get("plugins"):
         # Our AOT plugins must be in the registry before the parser meets their nodes.
         from lowlight.kernels.trt_plugins import register_plugins
 
         register_plugins()
-    trt.init_libnvinfer_plugins(logger, "")
+    trt.init_libnvinfer_plugins(trt.Logger(trt.Logger.WARNING), "")
 
-    builder = trt.Builder(logger)
     flags = set(plan.get("flags", []))
-    net_flags = 0
-    if "STRONGLY_TYPED" in flags:
-        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if "PREFER_AOT_PYTHON_PLUGINS" in flags:
-        net_flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
-    network = builder.create_network(net_flags)
-    parser = trt.OnnxParser(network, logger)
     onnx_path = bundle / str(plan["onnx"])
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = []
-        for i in range(parser.num_errors):
-            err = parser.get_error(i)
-            errors.append(f"{err.node_name()} ({err.node_operator()}): {err.desc()}")
-        raise TargetError(
-            f"TensorRT {trt.__version__} could not parse {onnx_path.name}:\n  " + "\n  ".join(errors),
-            "recompile for this device's TensorRT with --trt-version, or report the node above",
-        )
-
-    config = builder.create_builder_config()
-    # Layer names (ONNX node names, fused ones joined by " + ") in the per-layer profile, not indices.
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan["workspace_bytes"]))
-    if "FP16" in flags:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if "INT8" in flags:
-        config.set_flag(trt.BuilderFlag.INT8)
-        cache_name = plan.get("calibration_cache")
-        if cache_name:
-            config.int8_calibrator = _calibrator(trt, _cache_for_this_trt(bundle / str(cache_name), str(trt.__version__)))
-    if plan.get("dla_core") is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(plan["dla_core"])
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    network = _network_loader(onnx_path, flags)
+    calibrator = None
+    if "INT8" in flags and plan.get("calibration_cache"):
+        # No data: the cache holds every scale, Polygraphy's Calibrator hands it to TensorRT.
+        cache = _restamped_cache(bundle / str(plan["calibration_cache"]), str(trt.__version__), Path(cache_dir))
+        calibrator = Calibrator([], cache=str(cache), BaseClass=trt.IInt8MinMaxCalibrator)
+    profiles = []
     for prof in plan.get("profiles", []):
-        if not prof:
-            continue
-        profile = builder.create_optimization_profile()
-        for name, s in prof.items():
-            profile.set_shape(name, trt.Dims(s["min"]), trt.Dims(s["opt"]), trt.Dims(s["max"]))
-        config.add_optimization_profile(profile)
-
-    # Timing cache: tactic timings survive across builds of the same TRT + GPU.
+        if prof:
+            p = Profile()
+            for name, s in prof.items():
+                p.add(name, min=tuple(s["min"]), opt=tuple(s["opt"]), max=tuple(s["max"]))
+            profiles.append(p)
     cache_path = Path(cache_dir) / str(plan.get("timing_cache", "timing.cache"))
-    timing = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-    config.set_timing_cache(timing, False)
-
-    log(f"building TensorRT engine for {plan['target']} ({plan['precision']}, flags {sorted(flags)}) ...")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise TargetError("TensorRT failed to build the engine (see its log above)", "try --precision fp16, or drop --dla")
-    engine_path = bundle / str(plan["engine"])
-    engine_path.write_bytes(bytes(memoryview(serialized)))
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    dla = plan.get("dla_core")
+    config = CreateConfig(
+        fp16="FP16" in flags, int8="INT8" in flags, calibrator=calibrator, profiles=profiles or None,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(plan["workspace_bytes"])},
+        # Layer names (ONNX node names, fused ones joined by " + ") in the per-layer profile, not indices.
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        # Timing cache: tactic timings survive across builds of the same TRT + GPU.
+        load_timing_cache=str(cache_path) if cache_path.exists() else None,
+        use_dla=dla is not None, allow_gpu_fallback=dla is not None,
+    )
+    if dla is not None:  # CreateConfig picks DLA core 0; the plan may name another
+        def set_core(builder: Any, net: Any, cfg: Any) -> None:
+            cfg.DLA_core = int(dla)
+
+        config = PostprocessConfig(config, set_core)
+
+    log(f"building TensorRT engine for {plan['target']} ({plan['precision']}, flags {sorted(flags)}) with Polygraphy's loaders ...")
+    try:
+        serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=str(cache_path))()
+    except _ParseError as exc:
+        raise TargetError(f"TensorRT {trt.__version__} could not parse {onnx_path.name}:\n  {exc}",
+                          "recompile for this device's TensorRT with --trt-version, or report the node above") from None
+    except PolygraphyException as exc:  # parse or build failure; TensorRT's own log is above
+        raise TargetError(f"TensorRT {trt.__version__} failed on {onnx_path.name}: {exc}",
+                          "try --precision fp16, or drop --dla; recompile with --trt-version if the parser failed") from None
+    engine_path = bundle / str(plan["engine"])
+    engine_path.write_bytes(bytes(serialized))
     return {
         "file": engine_path.name,
         "trt_version": str(trt.__version__),
         "arch": host_gpu_arch() or str(plan["arch"]),
-        "dla_core": plan.get("dla_core"),
+        "dla_core": dla,
         "timing_cache": str(cache_path),
+        "built_with": "polygraphy " + _polygraphy_version(),
     }
 
 
-def verify_engine(bundle_dir: str | Path, plan: dict[str, Any]) -> dict[str, Any]:
-    """Run the engine on each bundled reference input; compare with the reference outputs.
+def _polygraphy_version() -> str:
+    import polygraphy
 
-    The comparison is `core.metrics.compare_outputs`, the one the compiler's verify
-    stage uses on the host, so host and device numbers mean the same thing.
+    return str(polygraphy.__version__)
+
+
+def _reference_runs(bundle: Path, plan: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], Any]:
+    """(feeds, reference RunResults): the bundle's Polygraphy files, the ones `polygraphy run --load-*` reads.
+
+    Bundles written before those files existed fall back to reference.npz.
     """
+    from polygraphy.comparator import IterationResult, RunResults
+    from polygraphy.json import load_json
+
+    from lowlight.targets.tensorrt.build_plan import POLYGRAPHY_RUNNER
+
+    poly = plan.get("polygraphy") or {}
+    if poly.get("inputs") and (bundle / str(poly["inputs"])).is_file() and (bundle / str(poly["outputs"])).is_file():
+        feeds = [dict(f) for f in load_json(str(bundle / str(poly["inputs"])))]
+        return feeds, RunResults.load(str(bundle / str(poly["outputs"])))
+    ref = np.load(bundle / str(plan["verify"]["reference"]))
+    inputs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("input:"))
+    outputs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("output:"))
+    n = int(ref[f"input:{inputs[0]}"].shape[0]) if inputs else 0
+    feeds = [{k: ref[f"input:{k}"][i] for k in inputs} for i in range(n)]
+    results = RunResults()
+    results.append((POLYGRAPHY_RUNNER, [IterationResult({k: ref[f"output:{k}"][i] for k in outputs}, runner_name=POLYGRAPHY_RUNNER)
+                                        for i in range(n)]))
+    return feeds, results
+
+
+def verify_engine(bundle_dir: str | Path, plan: dict[str, Any], runner: Any = None) -> dict[str, Any]:
+    """Run the engine on the bundle's reference inputs (Polygraphy's TrtRunner and Comparator); gate on PSNR.
+
+    Polygraphy's comparator checks every output of every sample against
+    `min_fidelity - worst_sample_margin_db` (its PSNR peaks at the reference's
+    maximum); the gate itself is `core.metrics.compare_outputs`, the one the
+    compiler's verify stage uses on the host, so host and device numbers mean
+    the same thing. `runner`: any Polygraphy runner (default: TrtRunner on the
+    bundle's engine); tests pass an onnxruntime runner.
+    """
+    from polygraphy.comparator import Comparator, PsnrCompareFunc
+
     from lowlight.core.errors import VerificationError
     from lowlight.core.metrics import compare_outputs
-    from lowlight.runtime.tensorrt_backend import TensorRTBackend
 
     bundle = Path(bundle_dir)
-    ref = np.load(bundle / str(plan["verify"]["reference"]))
-    backend = TensorRTBackend(bundle / str(plan["engine"]))
-    inputs = sorted(k.split(":", 1)[1] for k in ref.files if k.startswith("input:"))
-    names = [n for n in backend.output_names if f"output:{n}" in ref.files]
-    samples = int(ref[f"input:{inputs[0]}"].shape[0]) if inputs else 0
-    per_sample: list[dict[str, dict[str, float]]] = []
-    for i in range(samples):  # reference.npz stacks samples on a leading axis
-        outputs = backend.run({n: ref[f"input:{n}"][i] for n in inputs})
-        want = {n: ref[f"output:{n}"][i] for n in names}
-        # every output of a bundle TensorRT builds is an image: float RGB, or camera bytes (--pixel-format)
-        per_sample.append(compare_outputs(outputs, want, names))
+    feeds, reference = _reference_runs(bundle, plan)
+    if runner is None:
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        runner = TrtRunner(EngineFromBytes(BytesFromPath(str(bundle / str(plan["engine"])))))
+    floor = float(plan["verify"]["min_fidelity"])
+    # The host's rule (lowlight.compile.verify): mean >= budget, every sample >= budget - margin.
+    margin = float(plan["verify"].get("worst_sample_margin_db", 0.0))
+    results = Comparator.run([runner], data_loader=feeds)
+    ran = results[0][1]
+    want = reference[0][1]
+    names = [n for n in want[0].keys() if n in ran[0]] if want and ran else []
+    # every output of a bundle TensorRT builds is an image: float RGB, or camera bytes (--pixel-format)
+    per_sample = [compare_outputs(dict(got), dict(ref), names) for got, ref in zip(ran, want)]
+    results.extend(reference)
+    accuracy = Comparator.compare_accuracy(results, compare_func=PsnrCompareFunc(psnr_threshold=floor - margin))
+    poly_passed = bool(accuracy)
     scores = {n: min(s[n].get("psnr_db", float("inf")) for s in per_sample) for n in names} if per_sample else {}
     means = {n: float(np.mean([s[n].get("psnr_db", float("inf")) for s in per_sample])) for n in names} if per_sample else {}
     worst = min(scores.values()) if scores else float("inf")
     mean = min(means.values()) if means else float("inf")
-    floor = float(plan["verify"]["min_fidelity"])
-    # The host's rule (lowlight.compile.verify): mean >= budget, every sample >= budget - margin.
-    margin = float(plan["verify"].get("worst_sample_margin_db", 0.0))
     result = {"fidelity_psnr_db": scores, "fidelity_psnr_db_mean": means, "per_sample": per_sample, "min_fidelity": floor,
-              "worst_sample_floor": floor - margin, "what_ran": "the TensorRT engine on this device (not an emulation)",
-              "passed": mean >= floor and worst >= floor - margin}
+              "worst_sample_floor": floor - margin, "what_ran": f"{runner.name} on this device (not an emulation)",
+              "polygraphy": {"version": _polygraphy_version(), "compare": f"psnr >= {floor - margin} dB per output and sample",
+                             "passed": poly_passed},
+              "passed": mean >= floor and worst >= floor - margin and poly_passed}
     if not result["passed"]:
         raise VerificationError(
             f"engine output is {mean:.2f} dB mean / {worst:.2f} dB worst sample from the FP32 reference, "
-            f"below {floor} dB mean or {floor - margin} dB per sample",
+            f"below {floor} dB mean or {floor - margin} dB per sample (Polygraphy's comparator: "
+            f"{'passed' if poly_passed else 'failed'})",
             "rebuild with --precision fp16, or recompile with more calibration frames",
         )
     return result
