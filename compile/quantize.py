@@ -183,6 +183,45 @@ def qdq_fidelity(float_path: str | Path, q_path: str | Path, feeds: list[dict[st
     return float(np.mean([psnr(q(f)[0], ref(f)[0]) for f in feeds]))
 
 
+def activation_bytes(path: str | Path) -> int:
+    """Bytes of every intermediate tensor of one inference, from the graph's inferred static shapes."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    total = 0
+    for v in model.graph.value_info:
+        t = v.type.tensor_type
+        dims = [d.dim_value for d in t.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            total += int(np.prod(dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return total
+
+
+def available_memory() -> int:
+    """MemAvailable of this host in bytes (Linux); a large number where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 60
+
+
+def nncf_blocker(src: str | Path) -> str | None:
+    """Why NNCF cannot calibrate `src` on this host, or None.
+
+    NNCF's ONNX statistics pass makes every activation a graph output, so one
+    inference keeps all of them alive at once: AMNet base on one 8x3x1280x720
+    clip needs more than 24 GB that way (measured: killed by the OOM killer),
+    while onnxruntime's calibrator reduces each tensor to its min/max inside the
+    graph and needs the memory of a plain inference.
+    """
+    need, have = activation_bytes(src), available_memory()
+    if need > have // 2:
+        return (f"NNCF's statistics pass keeps every activation of a sample alive ({need / 2**30:.1f} GiB for this graph), "
+                f"more than half the {have / 2**30:.1f} GiB available")
+    return None
+
+
 def quantize_int8(
     src: str | Path,
     dst: str | Path,
@@ -211,6 +250,12 @@ def quantize_int8(
             "function bodies, so onnxruntime cannot run it)",
             "use --int8-engine ort (or auto, which picks it for such graphs)",
         )
+    too_big = nncf_blocker(src) if engine in ("auto", "nncf") else None
+    if engine == "nncf" and too_big:
+        from lowlight.core.errors import LowlightError
+
+        raise LowlightError(f"NNCF cannot calibrate this graph here: {too_big}",
+                            "use --int8-engine ort (or auto), or compile a smaller --shape and tile at run time")
     if engine == "auto":
         if has_plugins:
             # TensorRT plugin nodes: NNCF's statistics model drops the model-local
@@ -220,7 +265,14 @@ def quantize_int8(
             candidates = ["nncf", "ort"] if flavour == "ort-u8s8" else ["nncf"]
     else:
         candidates = [engine]
+    if too_big and "nncf" in candidates:
+        candidates.remove("nncf")
+        if not candidates:  # TensorRT flavour: onnxruntime's quantizer writes the same symmetric Q/DQ
+            candidates = ["ort"]
+        say(f"    NNCF skipped: {too_big}")
     report: dict[str, Any] = {"flavour": flavour, "calibration_samples": len(feeds), "kept_float": keep_float, "engines": {}}
+    if too_big:
+        report["nncf_skipped"] = too_big
     float_time = time_onnx(src, check_feeds[0]) if len(candidates) > 1 else None
     if float_time is not None:
         report["float_seconds"] = float_time

@@ -93,6 +93,28 @@ def test_trt_flavour_qdq_zero_points_are_all_zero_int8(int8_bundle, tmp_path: Pa
         assert {v for _, _, vals in zps for v in vals} == {0}
 
 
+def test_nncf_is_skipped_when_its_statistics_pass_cannot_fit(int8_bundle, tmp_path: Path, cache_dir: Path, monkeypatch):
+    """NNCF holds every activation of a sample at once: a graph whose activations exceed half the free
+    memory is calibrated by onnxruntime's quantizer (auto), and a forced NNCF is refused with the fix."""
+    import lowlight.compile.quantize as q
+    from lowlight.calibration.data import SAMPLES_DIR
+    from lowlight.calibration.frames import load_frames
+    from lowlight.core.errors import LowlightError
+
+    lowered = next(Path(cache_dir, "lower").glob("*/model.onnx"))
+    need = q.activation_bytes(lowered)
+    assert need > 1_000_000  # AMNet tiny at 1x4x3x64x64: megabytes of activations
+    feeds = get_family("amnet").make_inputs(load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, "tiny")
+    monkeypatch.setattr(q, "available_memory", lambda: need)  # half of it is less than the need
+    said: list[str] = []
+    report = quantize_int8(lowered, tmp_path / "q.onnx", feeds, "ort-u8s8", [], say=said.append)
+    assert report["engine"] == "ort" and list(report["engines"]) == ["ort"]
+    assert "NNCF's statistics pass" in report["nncf_skipped"] and any("NNCF skipped" in s for s in said)
+    with pytest.raises(LowlightError) as err:
+        quantize_int8(lowered, tmp_path / "n.onnx", feeds, "ort-u8s8", [], engine="nncf", say=said.append)
+    assert "--int8-engine ort" in (err.value.fix or "") and not (tmp_path / "n.onnx").exists()
+
+
 def test_second_run_is_cached_and_force_redoes(tmp_path: Path, cache_dir: Path, fp32_bundle, capsys):
     compile_tiny(tmp_path / "again", cache_dir, precision="fp32", quiet=False)
     err = capsys.readouterr().err
