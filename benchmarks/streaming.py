@@ -3,6 +3,9 @@
     nice .venv/bin/python benchmarks/streaming.py --config base --size 720x1280 --precision fp32 int8
     nice .venv/bin/python benchmarks/streaming.py --soak 10000        # the full soak (small frames)
 
+and, per precision, `lowlight-run` end to end on a 12-frame video at that size
+(decode, enhance, encode, write: its own frames/s line).
+
 One run compiles, per precision, the clip bundle (1x8x3xHxW) and the streaming
 bundle (--stream yes, 1x3xHxW) at the same size, then on the same frames:
   clip call      one 8-frame clip call, and that / 8 (the blocks-of-8 cost per frame, 7 frames of latency)
@@ -95,6 +98,31 @@ def bench(config: str, h: int, w: int, precision: str, out: Path, n: int) -> dic
     return res
 
 
+def end_to_end(bundle: Path, h: int, w: int, n: int, out: Path) -> dict:
+    """`lowlight-run` on an n-frame h x w video (darkened real frames): frames/s including decode, encode and write."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    import cv2
+
+    night, _ = frames_of(h, w, n)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        src, dst = Path(tmp) / "night.mp4", Path(tmp) / "enhanced.mp4"
+        vw = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
+        for f in night[:n]:
+            vw.write(cv2.cvtColor(np.clip(f * 255 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+        vw.release()
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", "from lowlight.runtime.cli import main; main()", str(bundle),
+                               "--input", str(src), "--output", str(dst), "--quiet"], capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+    m = re.search(r"([0-9.]+) frames/s end to end", proc.stdout + proc.stderr)
+    return {"frames": n, "fps_end_to_end": float(m.group(1)) if m else None, "process_wall_s": round(wall, 2),
+            "summary": (proc.stdout + proc.stderr).strip().splitlines()[-1]}
+
+
 def soak(bundle: Path, frames: int) -> dict:
     """`frames` small frames through a stream, a bad one every 97th; RSS after warm-up vs at the end."""
     from lowlight.runtime import load
@@ -124,6 +152,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=24, help="frames per video")
     p.add_argument("--out", default="/tmp/lowlight-streaming-bench", help="where the compiled bundles go (reused)")
     p.add_argument("--soak", type=int, default=0, help="run the soak test over this many frames instead")
+    p.add_argument("--end-to-end", type=int, default=12, metavar="N",
+                   help="also time lowlight-run on an N-frame video with the streaming bundle (0: skip)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +163,10 @@ def main() -> None:
         print(json.dumps(soak(sb, a.soak), indent=1))
         return
     for prec in a.precision:
-        print(json.dumps(bench(a.config, h, w, prec, out, a.frames)), flush=True)
+        res = bench(a.config, h, w, prec, out, a.frames)
+        if a.end_to_end:
+            res["lowlight_run"] = end_to_end(out / f"{a.config}-stream-{h}x{w}-{prec}", h, w, a.end_to_end, out)
+        print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":
