@@ -136,13 +136,20 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     from lowlight.core.program import run_program
 
     cache = StageCache(opts.cache_path(), force=opts.force)
-    progress = Progress(STAGES, opts.quiet)
+    progress = Progress(list(STAGES), opts.quiet)  # a copy: a family may add its stage
     reports: dict[str, Any] = {}
 
     # -- load -------------------------------------------------------------------------
     what = opts.checkpoint if opts.checkpoint else "reference weights"
     with progress.stage("load", f"{opts.model if not str(what).endswith('.onnx') else 'ONNX'} ({what})"):
         plan = make_plan()
+    if plan.prepare is not None:  # a family's own stage between load and export (DarkDiff: distill)
+        stage_name, run_prepare = plan.prepare
+        progress.stages.insert(progress.stages.index("load") + 1, stage_name)
+        with progress.stage(stage_name) as note:
+            plan = run_prepare(progress.say, cache.root, opts.force)
+            if plan.record.get(stage_name, {}).get("cached"):
+                note["note"] = "cached"
     for n in plan.notes:
         progress.say(f"    note: {n}")
     batch = plan.inputs[0].shape[0]

@@ -64,6 +64,8 @@ class Plan:
     #: Identity of the weights and code for the export cache key.
     cache_identity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: A family stage between load and export (e.g. "distill"): (name, run(say, cache_root, force) -> the plan to compile).
+    prepare: tuple[str, Callable[[Callable[[str], None], Path, bool], "Plan"]] | None = None
 
     @property
     def output_names(self) -> list[str]:
@@ -106,17 +108,38 @@ def record_component_feeds(plan: Plan, feeds: list[Feed]) -> dict[str, list[Feed
 
 
 def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, checkpoint: str | None) -> Plan:
-    """Build the plan of a family at `config`/`options` with `checkpoint`'s weights (None: shipped)."""
-    from lowlight.models import load as load_model
+    """Build the plan of a family at `config`/`options` with `checkpoint`'s weights (None: shipped).
+
+    A family with a `prepare_stage` (DarkDiff: "distill") gets `plan.prepare`: the
+    pipeline runs it as its own stage and compiles the plan it returns.
+    """
     from lowlight.models import load_checkpoint
 
-    inputs = fam.inputs(shape, config, **options)
     notes: list[str] = []
     if checkpoint is None and fam.weights_path(config) is None:
         model = fam.build(config, **options).eval()  # a user's model with its own weights
     else:
         loaded = load_checkpoint(fam.name, config, checkpoint, **options)
         model, notes = loaded.model, list(loaded.notes)
+    plan = _plan_of(fam, model, config, options, shape, checkpoint, notes, {})
+    if fam.prepare_stage:
+        ckpt = Path(checkpoint) if checkpoint else fam.weights_path(config)
+
+        def prepare(say: Callable[[str], None], cache_root: Path, force: bool) -> Plan:
+            prepared, more, facts = fam.prepare(model, ckpt, config, cache_root, say, force, **options)
+            return _plan_of(fam, prepared.eval(), config, options, shape, checkpoint, notes + more, facts)
+
+        plan.prepare = (fam.prepare_stage, prepare)
+    return plan
+
+
+def _plan_of(fam: Family, model: Any, config: str, options: dict[str, str], shape: str, checkpoint: str | None,
+             notes: list[str], prepared: dict[str, Any]) -> Plan:
+    """The plan of `model` (loaded, and prepared when the family has a prepare stage)."""
+    from lowlight.models import load as load_model
+
+    inputs = fam.inputs(shape, config, **options)
+    notes = list(notes)
     comps = fam.components(model, inputs, config, **options)
     program = dict(fam.program(comps, inputs, config, **options))
     program.setdefault("seed", 0)
@@ -136,7 +159,7 @@ def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, c
         label = f"FP32 PyTorch as trained ({changed})"
         notes.append(f"verified against the model as trained ({changed}): the compiled {', '.join(f'{k}={options[k]}' for k in ref_options if options.get(k) != ref_options[k])} deviation counts against --min-fidelity")
     else:
-        ref_program, ref_call, label = program, float_call, "FP32 PyTorch"
+        ref_program, ref_call, label = program, float_call, "FP32 PyTorch" + (f" ({prepared['reference']})" if prepared.get("reference") else "")
     out_names = list(program["steps"][-1]["out"].values())
     consts = constants
 
@@ -156,12 +179,16 @@ def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, c
         "verified_against": label,
         "load_notes": list(notes),
     }
+    if prepared:
+        record[fam.prepare_stage or "prepared"] = prepared
     return Plan(
         name=fam.name, config=config, options=dict(options), inputs=inputs, components=pcs, program=program,
         constants=constants, keep_float=fam.keep_float, quantize_branches=fam.quantize_branches,
         make_inputs=lambda frames, seed: fam.make_inputs(frames, shape, config, seed=seed, **options),
         reference=reference, reference_label=label, float_call=float_call, record=record,
-        cache_identity={"weights": ckpt_hash, "code": _code_hash(model), "family": fam.name, "config": config, "options": options, "shape": shape},
+        # what prepare made (a distilled student's sha256) is part of what the export depends on
+        cache_identity={"weights": ckpt_hash, "code": _code_hash(model), "family": fam.name, "config": config, "options": options,
+                        "shape": shape, "prepared": prepared.get("sha256")},
         notes=notes,
     )
 

@@ -137,6 +137,8 @@ class Family:
     default_family: ClassVar[bool] = False
     #: Output names of the default single component, in the module's return order.
     output_names: ClassVar[tuple[str, ...]] = ("enhanced",)
+    #: A stage a compile runs between loading the weights and export (`prepare`), e.g. "distill".
+    prepare_stage: ClassVar[str | None] = None
 
     # -- to implement -------------------------------------------------------------------
 
@@ -224,6 +226,17 @@ class Family:
             info = {}
         got = info.get("trained_options") if isinstance(info, dict) else None
         return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
+
+    def prepare(self, model: "torch.nn.Module", checkpoint: Path | None, config: str, cache_root: Path,
+                say: Any, force: bool, **options: str) -> tuple["torch.nn.Module", list[str], dict[str, Any]]:
+        """The `prepare_stage` of a compile: turn the loaded model into the one to compile.
+
+        DarkDiff distills the few-step student for `--steps K` here (cached under
+        `cache_root`). Returns (module, notes for the console, facts for the
+        manifest; "sha256" in them joins the export cache key, "reference" names
+        what the bundle is verified against). Default: the model as loaded.
+        """
+        return model, [], {}
 
     def infer_config(self, state: dict[str, Any]) -> Any:
         """A config name or object that fits a checkpoint's tensors (`--config auto`); None: not inferable."""
