@@ -190,7 +190,7 @@ def _reference_runs(bundle: Path, plan: dict[str, Any]) -> tuple[list[dict[str, 
     from polygraphy.comparator import IterationResult, RunResults
     from polygraphy.json import load_json
 
-    from lowlight.targets.tensorrt.build_plan import POLYGRAPHY_RUNNER
+    from lowlight.targets.tensorrt.polygraphy_files import POLYGRAPHY_RUNNER
 
     poly = plan.get("polygraphy") or {}
     if poly.get("inputs") and (bundle / str(poly["inputs"])).is_file() and (bundle / str(poly["outputs"])).is_file():
