@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "targets": "lowlight.compile.cmd_targets",
     "build-engine": "lowlight.targets.tensorrt.cmd_build_engine",
     "compare": "lowlight.compile.cmd_compare",
+    "distill": "lowlight.compile.cmd_distill",
 }
 #: subcommand -> "module:function(args)" run after it succeeded: composition that keeps
 #: lower layers (the TensorRT package) from importing the compiler's reports.
@@ -31,6 +32,7 @@ SUMMARIES = {
     "targets": "list deployment targets and what their TensorRT can do",
     "build-engine": "on the device: build the TensorRT engine of a bundle and verify it",
     "compare": "compare two bundles' latency and fidelity side by side (Markdown or JSON)",
+    "distill": "distill a diffusion teacher into a K-step student (guided + progressive distillation)",
 }
 
 

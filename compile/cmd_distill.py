@@ -1,0 +1,183 @@
+"""`lowlight-compile distill TEACHER --model FAMILY --steps K --out STUDENT`: the distill stage alone.
+
+Guided distillation then progressive distillation (compile/distill.py) from
+the teacher checkpoint down to K sampling steps; the students are cached by
+content (teacher sha256, K, data recipe, options), so a compile of the same
+teacher at the same K reuses them and a second `distill` returns at once.
+A family opts in through its training recipe module (`Family.trainer`): a
+function `distill_setup(checkpoint, config, *, batch, crop, seed)` returning
+the teacher as a `distill.Sampler`, an endless batch generator, a description
+of the data recipe and the recipe's default iterations and learning rate.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lowlight.compile.cli_types import finite_float, positive_int
+
+SUMMARY = "distill a guided diffusion teacher into a K-step student (guided + progressive distillation)"
+
+#: safetensors metadata key that marks a file this command wrote (and may replace with --overwrite)
+MARK = "lowlight.distill"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `distill`."""
+    p.add_argument("teacher", help="teacher checkpoint (.safetensors from `lowlight-compile zoo train FAMILY`)")
+    p.add_argument("--model", required=True, help="model family of the teacher (e.g. darkdiff)")
+    p.add_argument("--config", default=None, help="config of the teacher (default: the family's deployed config)")
+    p.add_argument("--steps", type=positive_int, required=True, help="sampling steps of the student: a power of two <= --start-steps (4, 2, 1)")
+    p.add_argument("--out", required=True, help="student .safetensors to write; an existing file is replaced only with --overwrite and only if this command wrote it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out written by `distill`")
+    p.add_argument("--iters", type=positive_int, default=None, help="iterations per progressive round and of the guided stage (default: the recipe's)")
+    p.add_argument("--start-steps", type=positive_int, default=64, help="teacher DDIM steps the first round halves (a power of two)")
+    p.add_argument("--lr", type=finite_float, default=None, help="Adam learning rate (default: the recipe's)")
+    p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the recipe's)")
+    p.add_argument("--crop", type=positive_int, default=None, help="training crop in Bayer pixels (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the data and the training times")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/lowlight-compile or $LOWLIGHT_CACHE)")
+    p.add_argument("--force", action="store_true", help="distill again even if the students are cached")
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """The stage cache folder: as `lowlight-compile --cache-dir` resolves it."""
+    return Path(cache_dir or os.environ.get("LOWLIGHT_CACHE") or Path.home() / ".cache" / "lowlight-compile")
+
+
+def recipe(family: str) -> Callable[..., dict[str, Any]]:
+    """The family's `distill_setup` (in its training recipe module), or LowlightError."""
+    from lowlight.core.errors import LowlightError
+    from lowlight.models import get_family
+
+    fam = get_family(family)
+    setup = None
+    if fam.trainer:
+        module = importlib.import_module(fam.trainer.partition(":")[0])  # runtime name: no compile -> trainer edge
+        setup = getattr(module, "distill_setup", None)
+    if setup is None:
+        raise LowlightError(f"model {family!r} has no distillation recipe (it is not a diffusion sampler lowlight can distill)",
+                            "use --model with a diffusion family such as darkdiff")
+    return setup  # type: ignore[no-any-return]
+
+
+def student_for(
+    family: str, teacher: str | Path, config: str, steps: int, *, cache_dir: str | Path | None = None, force: bool = False,
+    iters: int | None = None, start_steps: int = 64, lr: float | None = None, batch: int | None = None, crop: int | None = None,
+    seed: int = 0, say: Callable[[str], Any] = print,
+) -> Any:
+    """The K-step students of `teacher` (a `distill.Distilled`): from the stage cache, else distilled now.
+
+    What a compile calls when the family's program needs a student; the
+    `distill` command calls it too.
+    """
+    from lowlight.compile.cache import StageCache, file_sha256
+    from lowlight.compile.distill import check_steps, distill_cached
+    from lowlight.core.errors import CheckpointError
+
+    check_steps(steps, start_steps)
+    path = Path(teacher)
+    if not path.is_file():
+        raise CheckpointError(f"teacher checkpoint {path} does not exist" if not path.exists() else f"teacher checkpoint {path} is not a file",
+                              f"pass the teacher's .safetensors, e.g. one written by `lowlight-compile zoo train {family}`")
+    setup = recipe(family)(str(path), config, batch=batch, crop=crop, seed=seed)
+    store = StageCache(cache_root(str(cache_dir) if cache_dir else None), force=force)
+    return distill_cached(
+        setup["teacher"], steps, setup["batches"], cache=store, teacher_sha256=file_sha256(path), data=setup["data"],
+        start_steps=start_steps, iters_per_round=iters or int(setup["iters_per_round"]),
+        lr=lr if lr is not None else float(setup["lr"]), seed=seed, every=int(setup.get("every", 50)), progress=say,
+        metadata={"lowlight.family": family, "lowlight.config": config},
+    )
+
+
+def _ours(path: Path) -> bool:
+    """True if `path` is a safetensors file this command wrote (its metadata carries MARK)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            return MARK in (f.metadata() or {})
+    except Exception:  # not safetensors, unreadable: not ours
+        return False
+
+
+def claim_student(out: Path, teacher: str, overwrite: bool) -> None:
+    """--out may be written: absent, or a student this command wrote and --overwrite; never the teacher or a folder."""
+    from lowlight.core.errors import OutputError
+    from lowlight.core.fsio import check_not_input, claim_file
+
+    check_not_input(out, [teacher], "--out")
+    if out.suffix != ".safetensors":
+        raise OutputError(f"--out {out} does not end in .safetensors", f"name the student file, e.g. {out.with_suffix('.safetensors')}")
+    if out.is_file() and not out.is_symlink() and not _ours(out):
+        raise OutputError(f"--out {out} exists and is not a student written by `lowlight-compile distill`; refusing to replace it",
+                          "choose a new file name, or move that file away yourself")
+    claim_file(out, "a student weights file", "--out", overwrite=overwrite, inputs=[teacher])
+
+
+def run(a: argparse.Namespace) -> int:
+    """Distill (or fetch from the cache) the student and write it to --out with its record beside it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from lowlight.core.fsio import OutputLock, current_umask, partial_file
+    from lowlight.models import get_family
+
+    fam = get_family(a.model)
+    config = a.config or fam.default_config
+    fam.check_config(config)
+    out = Path(a.out)
+    claim_student(out, a.teacher, a.overwrite)
+    recipe(a.model)  # a family without a recipe fails before any work
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    t0 = time.time()
+    with OutputLock(out):
+        got = student_for(a.model, a.teacher, config, a.steps, cache_dir=a.cache_dir, force=a.force, iters=a.iters,
+                          start_steps=a.start_steps, lr=a.lr, batch=a.batch, crop=a.crop, seed=a.seed, say=say)
+        src = got.paths[a.steps]
+        with safe_open(str(src), "np") as f:
+            meta = dict(f.metadata() or {})
+        record = json.loads(meta.get(MARK, "{}"))
+        record.update(teacher=Path(a.teacher).name, family=a.model, config=config)
+        meta[MARK] = json.dumps(record)
+        tmp = partial_file(out)
+        try:
+            save_file(load_file(str(src)), str(tmp), metadata=meta)
+            os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates 0600; a weights file is as readable as any other
+            tmp.replace(out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        side = out.with_suffix(".json")
+        info = {"lowlight_distill": True, "command": "lowlight-compile " + " ".join(map(shlex.quote, sys.argv[1:] or ["distill"])),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cached": got.cached, "cache_folder": str(got.folder),
+                "teacher": str(a.teacher), "teacher_sha256": record.get("teacher_sha256"), "steps": a.steps,
+                "family": a.model, "config": config, "method": record.get("method"),
+                "distill_seconds": got.info.get("seconds"), "rounds": got.info.get("rounds"), "options": got.info.get("options")}
+        if not side.exists() or _side_ours(side):
+            side.write_text(json.dumps(info, indent=1) + "\n")
+    how = "from the cache" if got.cached else f"distilled in {got.info.get('seconds', time.time() - t0):.0f} s"
+    say(f"wrote {out} ({a.steps}-step student of {Path(a.teacher).name}, {how})")
+    return 0
+
+
+def _side_ours(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text()).get("lowlight_distill"))
+    except (OSError, ValueError, AttributeError):
+        return False
