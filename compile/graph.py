@@ -181,6 +181,12 @@ def keep_float_nodes(lowered: onnx.ModelProto, policy: "KeepFloat", before_lower
     if policy.op_types or policy.name_patterns:
         pats = [re.compile(p) for p in policy.name_patterns]
         extra += [n.name for n in lowered.graph.node if n.op_type in policy.op_types or any(p.search(n.name) for p in pats)]
+    if policy.module_patterns:
+        from lowlight.core.onnx_graph import node_modules
+
+        mods = node_modules(lowered) or (node_modules(before_lowering) if before_lowering is not None else {})
+        mpats = [re.compile(p) for p in policy.module_patterns]
+        extra += [n.name for n in lowered.graph.node if any(p.search(mods.get(n.name, {}).get("module", "")) for p in mpats)]
     for name in extra:
         if name not in keep:
             keep.append(name)

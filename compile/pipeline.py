@@ -21,7 +21,7 @@ import numpy as np
 from lowlight.compile.cache import StageCache, file_sha256, tool_versions
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.progress import Progress
-from lowlight.core.errors import CalibrationError, LowlightError, ShapeError
+from lowlight.core.errors import CalibrationError, LowlightError, ShapeError, TargetError
 
 STAGES = ["load", "export", "simplify", "lower", "quantize", "verify", "bundle", "profile"]
 
@@ -94,6 +94,7 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         make_plan = lambda: onnx_plan(src, opts.shape)  # noqa: E731
         label, config = src.stem, "onnx"
         fam = None
+        distills = False
     else:
         from lowlight.models import get_family
 
@@ -110,6 +111,7 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
         check_volume({t.name: t.shape for t in fam.inputs(shape, config, **fopts)})  # ShapeError before any work
         label = fam.name.replace(":", "-").replace(".py", "")
+        distills = bool(fam.distill_option)
 
         def make_plan() -> Any:
             from lowlight.compile.plan import family_plan
@@ -123,10 +125,11 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         for p in remove_stale(out):
             if not opts.quiet:
                 print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
-        return _build(opts, make_plan, target, precision, out, t_start)
+        return _build(opts, make_plan, target, precision, out, t_start, distills)
 
 
-def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, out: Path, t_start: float) -> CompileResult:
+def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, out: Path, t_start: float,
+           distills: bool = False) -> CompileResult:
     """The stages, run while holding the lock on `out`."""
     from lowlight.calibration.data import SAMPLES_DIR
     from lowlight.calibration.frames import select_data
@@ -136,20 +139,30 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     from lowlight.core.program import run_program
 
     cache = StageCache(opts.cache_path(), force=opts.force)
-    progress = Progress(list(STAGES), opts.quiet)  # a copy: a family may add its stage
+    stages = list(STAGES)
+    if distills:  # a diffusion family: the distill stage runs between load and export
+        stages.insert(stages.index("load") + 1, "distill")
+    progress = Progress(stages, opts.quiet)
     reports: dict[str, Any] = {}
 
     # -- load -------------------------------------------------------------------------
     what = opts.checkpoint if opts.checkpoint else "reference weights"
     with progress.stage("load", f"{opts.model if not str(what).endswith('.onnx') else 'ONNX'} ({what})"):
         plan = make_plan()
-    if plan.prepare is not None:  # a family's own stage between load and export (DarkDiff: distill)
-        stage_name, run_prepare = plan.prepare
-        progress.stages.insert(progress.stages.index("load") + 1, stage_name)
-        with progress.stage(stage_name) as note:
-            plan = run_prepare(progress.say, cache.root, opts.force)
-            if plan.record.get(stage_name, {}).get("cached"):
-                note["note"] = "cached"
+    if target.runtime == "tensorrt" and len(plan.components) > 1:  # before any work, not at the bundle stage
+        one = [o.flag + " yes" for o in getattr(opts_family(opts), "options", ()) if o.name == "unroll"]
+        raise TargetError(
+            f"{plan.name} compiles to {len(plan.components)} components ({', '.join(c.name for c in plan.components)}); "
+            f"TensorRT build plans are made for one graph per bundle so far",
+            (f"add {one[0]} (the program unrolled into one graph)" if one else "use the family's one-graph form") + ", or --target cpu",
+        )
+    if distills:
+        with progress.stage("distill") as note:
+            if plan.prepare is None:  # the teacher itself, or a student found beside it
+                note["note"] = "; ".join(plan.notes[-1:]) or "nothing to distill"
+            else:
+                plan = plan.prepare[1](progress.say, cache.root, opts.force)
+                note["note"] = "cached" if plan.record.get("distill", {}).get("cached") else "distilled"
     for n in plan.notes:
         progress.say(f"    note: {n}")
     batch = plan.inputs[0].shape[0]
@@ -612,10 +625,22 @@ def _fill_internal_shapes(plan: Any, components: dict[str, Any], feed: dict[str,
                 o["dtype"] = dtypes[name][o["name"]]
 
 
+def opts_family(opts: CompileOptions) -> Any:
+    """The family `opts` compiles (None for an ONNX file)."""
+    if opts.model is None or str(opts.checkpoint or "").lower().endswith(".onnx"):
+        return None
+    from lowlight.models import get_family
+
+    return get_family(str(opts.model))
+
+
 def _ground_truth_pairs(plan: Any, clean_frames: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     """Synthetic (low-light input, clean target) pairs from clean photos, with the training degradation."""
     from lowlight.calibration.degrade import degrade_clip
 
+    made = plan.make_ground_truth(clean_frames, 7) if getattr(plan, "make_ground_truth", None) else None
+    if made is not None:  # the family's own degradation (DarkDiff: raw unprocessing and sensor noise)
+        return list(made[0]), list(made[1])
     rng = np.random.default_rng(7)
     name = plan.inputs[0].name
     clean = plan.make_inputs(clean_frames, 2)

@@ -64,7 +64,9 @@ class Plan:
     #: Identity of the weights and code for the export cache key.
     cache_identity: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    #: A family stage between load and export (e.g. "distill"): (name, run(say, cache_root, force) -> the plan to compile).
+    #: Clean frames -> (feeds, targets) as the family's training data is made; None: sRGB darkening of input 0.
+    make_ground_truth: Callable[[list[np.ndarray], int], Any] | None = None
+    #: A stage between load and export (the distill stage): (name, run(say, cache_root, force) -> the plan to compile).
     prepare: tuple[str, Callable[[Callable[[str], None], Path, bool], "Plan"]] | None = None
 
     @property
@@ -110,8 +112,9 @@ def record_component_feeds(plan: Plan, feeds: list[Feed]) -> dict[str, list[Feed
 def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, checkpoint: str | None) -> Plan:
     """Build the plan of a family at `config`/`options` with `checkpoint`'s weights (None: shipped).
 
-    A family with a `prepare_stage` (DarkDiff: "distill") gets `plan.prepare`: the
-    pipeline runs it as its own stage and compiles the plan it returns.
+    A diffusion family compiled for K steps whose student was not found beside
+    the teacher gets `plan.prepare`: the distill stage, which the pipeline runs
+    as its own stage before compiling the plan it returns.
     """
     from lowlight.models import load_checkpoint
 
@@ -122,14 +125,28 @@ def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, c
         loaded = load_checkpoint(fam.name, config, checkpoint, **options)
         model, notes = loaded.model, list(loaded.notes)
     plan = _plan_of(fam, model, config, options, shape, checkpoint, notes, {})
-    if fam.prepare_stage:
+    k = int(options[fam.distill_option]) if fam.distill_option and options.get(fam.distill_option) else None
+    if k is not None and k != fam.teacher_steps and getattr(model, "student_steps", None) != k:
         ckpt = Path(checkpoint) if checkpoint else fam.weights_path(config)
 
-        def prepare(say: Callable[[str], None], cache_root: Path, force: bool) -> Plan:
-            prepared, more, facts = fam.prepare(model, ckpt, config, cache_root, say, force, **options)
-            return _plan_of(fam, prepared.eval(), config, options, shape, checkpoint, notes + more, facts)
+        def distill_stage(say: Callable[[str], None], cache_root: Path, force: bool) -> Plan:
+            """The distill stage: the K-step student of this teacher, from the stage cache or distilled now."""
+            from lowlight.compile.cmd_distill import student_for
+            from lowlight.core.bundle import sha256
+            from lowlight.models import load_checkpoint
 
-        plan.prepare = (fam.prepare_stage, prepare)
+            if ckpt is None:
+                raise LowlightError(f"{fam.name} --{fam.distill_option} {k} needs a trained teacher to distill from",
+                                    f"pass the teacher checkpoint, or train one with `lowlight-compile zoo train {fam.name}`")
+            got = student_for(fam.name, ckpt, config, k, cache_dir=cache_root, force=force, say=say)
+            path = got.paths[k]
+            loaded = load_checkpoint(fam.name, config, checkpoint, **options, student=str(path))
+            facts = {"steps": k, "student": str(path), "sha256": sha256(path), "cached": bool(got.cached),
+                     "teacher_sha256": sha256(ckpt), "method": got.info.get("method", ""),
+                     "seconds": got.info.get("seconds"), "reference": f"the distilled {k}-step student"}
+            return _plan_of(fam, loaded.model, config, options, shape, checkpoint, notes + list(loaded.notes), facts)
+
+        plan.prepare = ("distill", distill_stage)
     return plan
 
 
@@ -180,11 +197,12 @@ def _plan_of(fam: Family, model: Any, config: str, options: dict[str, str], shap
         "load_notes": list(notes),
     }
     if prepared:
-        record[fam.prepare_stage or "prepared"] = prepared
+        record["distill"] = prepared
     return Plan(
         name=fam.name, config=config, options=dict(options), inputs=inputs, components=pcs, program=program,
         constants=constants, keep_float=fam.keep_float, quantize_branches=fam.quantize_branches,
         make_inputs=lambda frames, seed: fam.make_inputs(frames, shape, config, seed=seed, **options),
+        make_ground_truth=lambda frames, seed: fam.ground_truth_inputs(frames, shape, config, seed=seed, **options),
         reference=reference, reference_label=label, float_call=float_call, record=record,
         # what prepare made (a distilled student's sha256) is part of what the export depends on
         cache_identity={"weights": ckpt_hash, "code": _code_hash(model), "family": fam.name, "config": config, "options": options,

@@ -96,7 +96,8 @@ def load_checkpoint(family: str, config: str | None = None, checkpoint: str | No
             raise CheckpointError(exc.what, f"this checkpoint is {family} config {other!r}: {via}") from None
         raise
     model.load_state_dict(loaded.tensors, strict=True)
-    return Loaded(model.eval(), config, notes + loaded.notes)
+    more = fam.finish_load(model, Path(checkpoint), config, **options)  # e.g. DarkDiff's student for steps=K
+    return Loaded(model.eval(), config, notes + loaded.notes + more)
 
 
 def _reader(checkpoint: str | Path) -> "Callable[[], Any]":

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -949,10 +950,18 @@ class DarkDiffFamily(Family):
     )
     weights = {"small": "darkdiff_small.safetensors"}
     trainer = "lowlight.models.train_darkdiff:train"
-    # The raw x gain product and the preprocessing are elementwise (never quantized); the
-    # first conv after the inputs and the last before the outputs stay float; so do the
-    # timestep sinusoid and the schedule's cos/sin (args up to 1000 rad: FP16 spacing 0.5 there).
-    keep_float = KeepFloat(boundary_convs=True, op_types=("Sin", "Cos"))
+    # --steps K: the K-step student beside the teacher (`student_path`), else the distill stage makes it
+    distill_option = "steps"
+    teacher_steps = 50
+    # The raw x gain product and the preprocessing are elementwise (never quantized). Float by
+    # module path, not "first conv after each input": the step's t and context inputs reach every
+    # ResNet block, so that rule kept 32 of its 45 convs float. Kept: the VAE's first conv (it sees
+    # the gained raw) and last conv (error lands in the image), the U-Net's conv_in/conv_out (error
+    # there feeds z back every step), the timestep embedding (sin/cos of up to 1000 rad: FP16
+    # spacing is 0.5 there) and the DDIM update (`update`, the schedule's cos/sin).
+    keep_float = KeepFloat(op_types=("Sin", "Cos"), module_patterns=(
+        r"^model\.vae\.encoder\.conv_in$", r"^model\.vae\.decoder\.conv_out$",
+        r"^model\.unet\.(encoder\.)?conv_in$", r"^model\.unet\.conv_out$", r"time_embedding", r"^update$"))
     output_names = ("srgb",)
     #: Precision of the step graph: None follows the bundle (INT8 never touches the update's
     #: elementwise ops; FP16 converts them); "fp32" pins the whole step (U-Net included) float.
@@ -960,6 +969,63 @@ class DarkDiffFamily(Family):
 
     def build(self, config: str, steps: str | int | None = None, **_: Any) -> DarkDiff:
         return build(config, steps)
+
+    @staticmethod
+    def student_path(teacher: Path, steps: int) -> Path:
+        """Where the K-step student of `teacher` is looked for: beside it, `<stem>_student<K>.safetensors`
+        (what `lowlight-compile distill T.safetensors --steps K --out T_student<K>.safetensors` writes)."""
+        return teacher.with_name(f"{teacher.stem}_student{int(steps)}.safetensors")
+
+    def finish_load(self, model: nn.Module, checkpoint: Path, config: str, steps: str | int | None = None,
+                    student: str | Path | bool | None = None, **options: Any) -> list[str]:
+        """Load the distilled student for `steps=K` (`student`: a path, False for the teacher's own DDIM at K).
+
+        Without a path, the student is looked for beside the teacher (`student_path`); a
+        K without one runs the teacher's guided DDIM at K steps (the baseline distillation
+        must beat), and the note says so. A student distilled from another teacher is refused.
+        """
+        import json
+
+        from lowlight.core.bundle import sha256
+        from lowlight.core.errors import CheckpointError
+
+        assert isinstance(model, DarkDiff)
+        k = int(steps) if steps is not None else model.steps
+        if student is False or (isinstance(student, str) and student.lower() in ("no", "false")) or k == self.teacher_steps:
+            return [] if k == self.teacher_steps else [f"student=False: the teacher's guided DDIM at {k} steps"]
+        explicit = isinstance(student, (str, Path)) and str(student).lower() not in ("yes", "true")
+        path = Path(str(student)) if explicit else self.student_path(checkpoint, k)
+        if not path.is_file():
+            if explicit:
+                raise CheckpointError(f"student {path} does not exist", "pass the file `lowlight-compile distill` wrote")
+            return [f"no {k}-step student beside {checkpoint.name} ({path.name}): the teacher's guided DDIM at {k} steps"]
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"student {path} is not a readable safetensors file ({exc})",
+                                  "distill it again with `lowlight-compile distill`") from exc
+        record = json.loads(meta.get("lowlight.distill", "{}"))
+        if int(record.get("steps", k)) != k:
+            raise CheckpointError(f"student {path.name} was distilled for {record.get('steps')} steps, not {k}",
+                                  f"pass the {k}-step student, or --steps {record.get('steps')}")
+        if record.get("teacher_sha256") and record["teacher_sha256"] != sha256(checkpoint):
+            raise CheckpointError(f"student {path.name} was distilled from another teacher than {checkpoint.name}",
+                                  f"distill it from this teacher: lowlight-compile distill {checkpoint} --model darkdiff --steps {k} --out {path}")
+        own = {key: v for key, v in tensors.items() if key.split(".", 1)[0] in ("unet", "context")}
+        if len(own) != len(tensors):
+            raise CheckpointError(f"student {path.name} holds tensors other than unet.* and context.*",
+                                  "pass a student written by `lowlight-compile distill`")
+        missing, unexpected = model.load_state_dict(own, strict=False)
+        missing = [m for m in missing if m.split(".", 1)[0] in ("unet", "context")]
+        if missing or unexpected:
+            raise CheckpointError(f"student {path.name} does not fit darkdiff config {config!r} ({len(missing)} missing, "
+                                  f"{len(unexpected)} unexpected keys)", "distill a student of this config")
+        model.student_steps = model.steps = k
+        return [f"{k}-step student {path.name} (distilled from this teacher)"]
 
     def default_shape(self, config: str, **options: str) -> str:
         m = CONFIGS[config].multiple
@@ -987,6 +1053,22 @@ class DarkDiffFamily(Family):
             gains.append(gain)
         return [{"raw": np.stack(raws[i : i + b]).astype(np.float32), "gain": np.stack(gains[i : i + b]).astype(np.float32)}
                 for i in range(0, len(raws) - b + 1, b)]
+
+    def ground_truth_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0,
+                            **options: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+        """Raw feeds from clean photos and their ISP targets (`calibration.raw.raw_pair`): whole batches."""
+        from lowlight.calibration.frames import fit_frame
+        from lowlight.calibration.raw import raw_pair
+
+        b, _, h, w = parse_shape(shape, config)
+        rng = np.random.default_rng(seed)
+        made = [raw_pair(fit_frame(f, 2 * h, 2 * w), rng) for f in frames]
+        feeds, targets = [], []
+        for i in range(0, len(made) - b + 1, b):
+            part = made[i : i + b]
+            feeds.append({"raw": np.stack([m[0] for m in part]).astype(np.float32), "gain": np.stack([m[1] for m in part]).astype(np.float32)})
+            targets.append(np.stack([m[2] for m in part]).astype(np.float32))
+        return feeds, targets
 
     def components(self, model: nn.Module, inputs: list[Tensor], config: str, **options: str) -> list[Component]:
         assert isinstance(model, DarkDiff)

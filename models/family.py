@@ -102,8 +102,12 @@ class KeepFloat:
     gates: bool = False
     #: Op types kept float wherever they occur.
     op_types: tuple[str, ...] = ()
-    #: Regular expressions over node names (the exporter names nodes after module paths).
+    #: Regular expressions over node names.
     name_patterns: tuple[str, ...] = ()
+    #: Regular expressions over the PyTorch module path of each node (kept from export in the
+    #: graph's `lowlight.node_modules` metadata), e.g. r"\.conv_in$": exported node names such as
+    #: `node_conv2d_3` do not say which module they came from.
+    module_patterns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -137,8 +141,12 @@ class Family:
     default_family: ClassVar[bool] = False
     #: Output names of the default single component, in the module's return order.
     output_names: ClassVar[tuple[str, ...]] = ("enhanced",)
-    #: A stage a compile runs between loading the weights and export (`prepare`), e.g. "distill".
-    prepare_stage: ClassVar[str | None] = None
+    #: The option holding a diffusion sampler's step count K (DarkDiff: "steps"). A compile for a
+    #: K whose student is not beside the teacher runs the distill stage (`lowlight.compile.distill`,
+    #: with the `distill_setup` of the family's training recipe) and compiles that student.
+    distill_option: ClassVar[str | None] = None
+    #: The step count of the teacher itself (no student needed).
+    teacher_steps: ClassVar[int | None] = None
 
     # -- to implement -------------------------------------------------------------------
 
@@ -159,6 +167,16 @@ class Family:
         raise NotImplementedError
 
     # -- optional -----------------------------------------------------------------------
+
+    def ground_truth_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0,
+                            **options: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]] | None:
+        """(feeds, targets) made from clean frames the way the family's training data is made.
+
+        Used for `--ground-truth`. None (default): the pipeline darkens the first input
+        of `make_inputs` with the sRGB degradation model (image families). A raw family
+        (DarkDiff) unprocesses and darkens in the raw domain and returns ISP targets.
+        """
+        return None
 
     def export_module(self, model: "torch.nn.Module", **options: str) -> "torch.nn.Module":
         """The module the default component exports: takes the inputs positionally."""
@@ -227,16 +245,13 @@ class Family:
         got = info.get("trained_options") if isinstance(info, dict) else None
         return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else {}
 
-    def prepare(self, model: "torch.nn.Module", checkpoint: Path | None, config: str, cache_root: Path,
-                say: Any, force: bool, **options: str) -> tuple["torch.nn.Module", list[str], dict[str, Any]]:
-        """The `prepare_stage` of a compile: turn the loaded model into the one to compile.
+    def finish_load(self, model: "torch.nn.Module", checkpoint: Path, config: str, **options: Any) -> list[str]:
+        """After `checkpoint`'s weights are in `model`: load what else the options ask for.
 
-        DarkDiff distills the few-step student for `--steps K` here (cached under
-        `cache_root`). Returns (module, notes for the console, facts for the
-        manifest; "sha256" in them joins the export cache key, "reference" names
-        what the bundle is verified against). Default: the model as loaded.
+        DarkDiff loads the distilled student for `steps=K` found beside the teacher.
+        Returns notes saying what was loaded. Default: nothing more.
         """
-        return model, [], {}
+        return []
 
     def infer_config(self, state: dict[str, Any]) -> Any:
         """A config name or object that fits a checkpoint's tensors (`--config auto`); None: not inferable."""
