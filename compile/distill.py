@@ -443,10 +443,16 @@ def distill_options(
     steps: int, data: str, *, start_steps: int = 64, iters_per_round: int = 1000, guided_iters: int | None = None,
     lr: float = 2e-4, keep: tuple[int, ...] = DEFAULT_KEEP, seed: int = 0,
 ) -> dict[str, Any]:
-    """The options a distilled student depends on (with the teacher's sha256: its cache key)."""
-    return {"steps": steps, "start_steps": start_steps, "iters_per_round": iters_per_round,
+    """The options a distilled student depends on (with the teacher's sha256: its cache key).
+
+    One run distills down to the smallest of `keep` and `steps` and keeps every student of
+    `keep` (and `steps`) on the way, so the key names that set, not the K asked for: a compile
+    for K = 4 and one for K = 1 share one distillation.
+    """
+    kept = sorted(set(keep) | {int(steps)})
+    return {"steps": min(kept), "start_steps": start_steps, "iters_per_round": iters_per_round,
             "guided_iters": iters_per_round if guided_iters is None else guided_iters, "lr": lr,
-            "keep": sorted(set(keep)), "seed": seed, "data": data, "method": METHOD}
+            "keep": kept, "seed": seed, "data": data, "method": METHOD}
 
 
 def distill_key(teacher_sha256: str, steps: int, data: str, **options: Any) -> str:
@@ -489,11 +495,13 @@ def distill_cached(
 
     def produce(tmp: Path) -> None:
         hist: dict[str, Any] = {}
-        students = distill(teacher, steps, batches, start_steps=start_steps, iters_per_round=iters_per_round,
-                           guided_iters=guided_iters, lr=lr, keep=keep, seed=seed, every=every, progress=progress, history=hist)
+        students = distill(teacher, int(options["steps"]), batches, start_steps=start_steps, iters_per_round=iters_per_round,
+                           guided_iters=guided_iters, lr=lr, keep=tuple(options["keep"]), seed=seed, every=every,
+                           progress=progress, history=hist)
         for k, s in students.items():
-            meta = {"lowlight.distill": json.dumps({"teacher_sha256": teacher_sha256, "steps": k, "method": METHOD, **options,
-                                                     "steps_requested": steps}), **(metadata or {})}
+            # options["steps"] is how far the run went; each file records its own K
+            meta = {"lowlight.distill": json.dumps({**options, "teacher_sha256": teacher_sha256, "steps": k, "method": METHOD,
+                                                     "run_down_to": options["steps"], "steps_requested": steps}), **(metadata or {})}
             save_student(s, tmp / student_file(k), meta)
         # written last: its presence beside the students means the whole run finished
         (tmp / "distill.json").write_text(json.dumps({"teacher_sha256": teacher_sha256, "options": options, **hist}, indent=1) + "\n")

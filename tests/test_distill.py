@@ -12,6 +12,8 @@ the same z_T and ~0.14 from the data, the teacher's own 1-step DDIM ~0.76 and
 """
 from __future__ import annotations
 
+import json
+
 import copy
 import math
 from pathlib import Path
@@ -204,8 +206,15 @@ def test_second_call_reuses_the_cached_students(toy: dict[str, Any]) -> None:
         a, b = again.students[k].net.state_dict(), toy["got"].students[k].net.state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a)
     sha = state_sha256(toy["teacher"].net)
-    keys = {distill_key(sha, k, DATA, **{o: v for o, v in OPTS.items() if o != "every"}) for k in (1, 2, 4)}
-    assert len(keys) == 3 and toy["got"].info["key"] in keys
+    opts = {o: v for o, v in OPTS.items() if o != "every"}
+    keys = {distill_key(sha, k, DATA, **opts) for k in (1, 2, 4)}
+    assert keys == {toy["got"].info["key"]}  # one run down to K = 1 serves every K it kept
+    from safetensors import safe_open
+
+    for k, path in again.paths.items():  # each file records its own K, not how far the run went
+        with safe_open(str(path), "np") as f:
+            assert json.loads(f.metadata()["lowlight.distill"])["steps"] == k
+    assert distill_key(sha, 8, DATA, **opts) not in keys  # a K outside `keep` is a run of its own
     assert distill_key(sha, 1, DATA + " crop 64") != distill_key(sha, 1, DATA)
     assert distill_key("0" * 64, 1, DATA) != distill_key(sha, 1, DATA)
 
@@ -228,7 +237,7 @@ def test_interrupted_run_leaves_no_student(tmp_path: Path, toy: dict[str, Any]) 
     # the next run goes through and leaves exactly one finished stage folder
     done = distill_cached(toy["teacher"], 4, batches(seed=5), cache=tmp_path, teacher_sha256="ab" * 32, data=DATA,
                           progress=lambda s: None, iters_per_round=5, guided_iters=5, lr=1e-3, every=10)
-    assert not done.cached and sorted(done.paths) == [4]
+    assert not done.cached and sorted(done.paths) == [1, 2, 4]  # a run for K = 4 goes on to every K it keeps
     assert [p.name for p in (tmp_path / "distill").iterdir()] == [done.folder.name]
 
 
@@ -245,13 +254,7 @@ def test_bad_step_counts_and_short_data_say_what_to_do(toy: dict[str, Any]) -> N
 # -- DarkDiff: the trainer and `lowlight-compile distill` on the tiny config ------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    from lowlight.models.train_darkdiff import train
-
-    out = tmp_path_factory.mktemp("darkdiff") / "tiny.safetensors"
-    train("tiny", str(out), steps=4, vae_steps=4, batch=2, eval_images=1, eval_steps=(50, 1), every=2, progress=False)
-    return out
+# `tiny_teacher` (conftest.py): a tiny DarkDiff teacher trained for a few steps, shared with test_darkdiff_compile.
 
 
 def test_trainer_writes_weights_metadata_and_held_out_metrics(tiny_teacher: Path) -> None:
@@ -289,7 +292,7 @@ def test_distill_cli_writes_a_student_and_reuses_the_cache(tiny_teacher: Path, t
             "--iters", "3", "--cache-dir", str(cache)]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "round 5/5 (4 -> 2 steps)" in err and "eta" in err
+    assert "round 5/6 (4 -> 2 steps)" in err and "round 6/6 (2 -> 1 steps)" in err and "eta" in err
     with safe_open(str(out), "np") as f:
         meta = json.loads(f.metadata()["lowlight.distill"])
         keys = set(f.keys())
