@@ -14,6 +14,7 @@ A program is a list of steps over an environment of named numpy arrays
     {"op": "const", "name": N, "out": env_name}                  # constants[N]
     {"op": "const", "name": N, "index": LOOP_VAR, "out": env_name}  # constants[N][k]
     {"op": "noise", "shape": [..], "out": env_name}                # N(0,1), float32
+    {"op": "noise", "shape": [..], "out": env_name, "input": NAME}  # ... or the caller's `NAME` input if given
     {"op": "loop", "count": K, "var": LOOP_VAR, "body": [steps...]}
 
 Noise is drawn on the host from the bundle's seed (numpy PCG64), never by an
@@ -134,6 +135,8 @@ def check_program(program: Any, components: Mapping[str, Any], inputs: list[str]
                     raise _bad(f"{at} noise shape must be a list of positive integers, got {shape!r}")
                 if not isinstance(out, str) or not out:
                     raise _bad(f"{at} needs an 'out' name")
+                if "input" in st and (not isinstance(st["input"], str) or not st["input"]):
+                    raise _bad(f"{at} 'input' must be a name, got {st['input']!r}")
                 defined.add(out)
             elif op == "loop":
                 count, var = st.get("count"), st.get("var", "k")
@@ -183,7 +186,9 @@ def run_program(
                 value = np.asarray(consts[st["name"]])
                 env[st["out"]] = value[loop_index[st["index"]]] if "index" in st else value
             elif op == "noise":
-                env[st["out"]] = rng.standard_normal(st["shape"], dtype=np.float32)
+                drawn = rng.standard_normal(st["shape"], dtype=np.float32)  # drawn anyway: later draws stay the same
+                given = inputs.get(st["input"]) if "input" in st else None
+                env[st["out"]] = drawn if given is None else np.asarray(given, dtype=np.float32)
             elif op == "loop":
                 var = st.get("var", "k")
                 for k in range(st["count"]):
@@ -193,6 +198,11 @@ def run_program(
 
     walk(list(program["steps"]))
     return {o: env[o] for o in outputs}
+
+
+def noise_inputs(program: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Optional program inputs a caller may pass instead of the drawn noise: {name: shape}."""
+    return {str(st["input"]): list(st["shape"]) for st in program.get("steps", []) if st.get("op") == "noise" and "input" in st}
 
 
 def count_calls(program: Mapping[str, Any]) -> dict[str, int]:

@@ -1101,13 +1101,14 @@ class DarkDiffFamily(Family):
         if "sampler" in by:  # unrolled: draw z_T (and z_null), one call
             sampler = by["sampler"]
             noise = [{"op": "noise", "shape": list(t.shape), "out": t.name} for t in sampler.inputs if t.layout == "latent"]
+            noise[0]["input"] = "noise"  # z_T: a caller may pass it as `noise`
             return {"unrolled": True, "seed": CONFIGS[config].seed, "steps": noise + [
                 {"op": "call", "component": "sampler", "in": {t.name: t.name for t in sampler.inputs}, "out": {"srgb": "srgb"}}]}
         enc, step, dec = by["encoder"], by["step"], by["decoder"]
         k = int(options.get("steps") or CONFIGS[config].steps)
         latent = list(step.inputs[0].shape)
         # draw order z_T, then z_null: the same numbers DarkDiff.draw_noise gives
-        steps: list[dict[str, Any]] = [{"op": "noise", "shape": latent, "out": "z"}]
+        steps: list[dict[str, Any]] = [{"op": "noise", "shape": latent, "out": "z", "input": "noise"}]  # z_T, or the caller's `noise`
         if "null_context" in by:
             steps.append({"op": "noise", "shape": latent, "out": "z_null"})
         steps.append({"op": "call", "component": "encoder", "in": {t.name: t.name for t in enc.inputs},

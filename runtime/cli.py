@@ -224,6 +224,8 @@ def enhance(
     if not check_darken(darken):
         raise InputError(f"darken must be a finite number in (0, 1], got {darken!r}", "pass e.g. darken=0.25 (it multiplies the input to fake night), or None")
     src, out = Path(input_path), Path(output_path)
+    if _raw_bundle(bundle):
+        return enhance_raw(bundle, src, out, backend, quiet, overwrite=overwrite)
     to_video = out.suffix.lower() in VIDEO_SUFFIXES
     live = live_kind(str(input_path)) is not None
     if live and not to_video and not max_frames:
@@ -274,6 +276,60 @@ def enhance(
             result.dropped = int(getattr(source.reader, "dropped", 0) or 0)
             result.stream = stream.stats.as_dict()
             result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _raw_bundle(bundle: str) -> bool:
+    """True when the bundle's first input is packed Bayer raw (layout RGGB: DarkDiff)."""
+    import json
+
+    try:
+        manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+        return str(manifest["inputs"][0].get("layout", "")) == "RGGB"
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return False  # the session load reports a damaged bundle
+
+
+def enhance_raw(bundle: str, src: Path, out: Path, backend: str = "auto", quiet: bool = False, *, overwrite: bool = False) -> RunResult:
+    """Raw frames (`.npz` with `raw` [4,h,w] planes R,Gr,Gb,B black-subtracted and normalised, and `gain` [4])
+    to sRGB PNGs named after each file. The sampler's noise is drawn from the bundle's seed: the caller
+    never passes it. A file, or a folder of them; each frame must have the compiled size (pad on the host)."""
+    from lowlight.core.fsio import OutputLock, claim_dir, remove_stale
+
+    files = sorted(f for f in src.iterdir() if f.suffix == ".npz" and f.is_file()) if src.is_dir() else [src]
+    if not src.exists() or not files or any(f.suffix != ".npz" for f in files):
+        raise InputError(f"{bundle} takes packed Bayer raw frames; {src} is not a .npz file or a folder of them",
+                         "save each frame with numpy.savez(path, raw=planes [4,h,w] (R,Gr,Gb,B, black-subtracted, / (white-black)), gain=[4])")
+    claim_dir(out, MARKER, OUT_FOLDER, "--output", overwrite=overwrite, inputs=[src, bundle])
+    sess = _load_session(bundle, backend, quiet)
+    names = list(sess.inputs)
+    result = RunResult(out, 0, len(files), 0, backend=sess.backend_name)
+    t0 = time.perf_counter()
+    with OutputLock(out, "--output"):
+        for p in remove_stale(out):
+            if not quiet:
+                print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
+        from lowlight.core.fsio import commit_dir, staged_dir
+
+        with staged_dir(out) as st:
+            for f in files:
+                try:
+                    with np.load(f, allow_pickle=False) as z:
+                        feed = {n: np.asarray(z[n], dtype=np.float32) for n in names}
+                except (OSError, ValueError, KeyError) as exc:
+                    raise InputError(f"{f} cannot be read as a raw frame ({exc})",
+                                     f"write it with numpy.savez and the arrays {', '.join(names)}") from None
+                for n in names:  # one frame without its batch axis
+                    if feed[n].ndim == len(sess.inputs[n]) - 1:
+                        feed[n] = feed[n][None]
+                result.decoded += 1
+                srgb = sess(**feed)
+                write_image(st / f"{f.stem}.png", np.clip(srgb[0].transpose(1, 2, 0), 0.0, 1.0))
+                result.written += 1
+            (st / MARKER).write_text(json.dumps({"tool": "lowlight-run", "bundle": str(bundle), "input": str(src),
+                                                 "frames": result.written}) + "\n")
+            commit_dir(st, out)
+    result.seconds = time.perf_counter() - t0
     return result
 
 

@@ -74,14 +74,25 @@ class Session:
 
     def check(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Validated float32 feeds; raises InputError naming the problem and its fix."""
+        from lowlight.core.program import noise_inputs
+
+        optional = noise_inputs(self.program)  # e.g. a sampler's starting latent `noise`; drawn from the seed if absent
         missing = [n for n in self.inputs if n not in feeds]
-        extra = [n for n in feeds if n not in self.inputs]
+        extra = [n for n in feeds if n not in self.inputs and n not in optional]
         if missing or extra:
             raise InputError(
                 f"this bundle takes inputs {list(self.inputs)}; missing {missing}, unexpected {extra}",
                 "the modality set is fixed at compile time (--modalities): pass exactly these names",
             )
-        return {name: self._check_one(name, feeds[name]) for name in self.inputs}
+        checked = {name: self._check_one(name, feeds[name]) for name in self.inputs}
+        for name, shape in optional.items():
+            if name in feeds:
+                x = np.asarray(feeds[name])
+                if list(x.shape) != shape or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+                    raise InputError(f"input {name!r} must be finite float32 of shape {shape}, got {x.dtype} {list(x.shape)}",
+                                     f"omit {name} to draw it from the bundle's seed, or pass standard normal noise of that shape")
+                checked[name] = x.astype(np.float32)
+        return checked
 
     def _check_one(self, name: str, value: Any) -> np.ndarray:
         shape = self.inputs[name]

@@ -45,3 +45,13 @@ def fp32_bundle(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_
 @pytest.fixture(scope="session")
 def int8_bundle(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path):
     return compile_tiny(tmp_path_factory.mktemp("b") / "tiny-int8", cache_dir, precision="int8")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny DarkDiff teacher (`zoo train darkdiff --config tiny`, a few steps): the distill and compile tests' input."""
+    from lowlight.models.train_darkdiff import train
+
+    out = tmp_path_factory.mktemp("darkdiff") / "tiny.safetensors"
+    train("tiny", str(out), steps=4, vae_steps=4, batch=2, eval_images=1, eval_steps=(50, 1), every=2, progress=False)
+    return out

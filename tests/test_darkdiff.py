@@ -297,14 +297,24 @@ def test_model_file_never_imports_its_trainer() -> None:
     assert not any("train" in n for n in names)
 
 
-def test_missing_reference_weights_say_how_to_get_them() -> None:
+def test_missing_reference_weights_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import lowlight.models.family as family
     from lowlight.models import load
 
-    if FAM.weights_path("small").is_file():  # type: ignore[union-attr]
-        pytest.skip("the small reference weights are shipped")
+    monkeypatch.setattr(family, "WEIGHTS_DIR", tmp_path)  # a checkout without the shipped weights
     with pytest.raises(CheckpointError) as e:
         load("darkdiff", config="small")
     assert "zoo train darkdiff" in (e.value.fix or "")
+
+
+def test_shipped_students_load_for_their_k_and_the_teacher_for_others() -> None:
+    from lowlight.models import load
+
+    for k in (4, 2, 1):
+        assert load("darkdiff", config="small", steps=k).student_steps == k
+    assert load("darkdiff", config="small", steps=4, student=False).student_steps is None  # the teacher's DDIM at 4
+    assert load("darkdiff", config="small", steps=8).student_steps is None  # no 8-step student shipped
+    assert load("darkdiff", config="small").steps == 50
 
 
 def test_make_inputs_builds_raw_and_gain_from_photos() -> None:
