@@ -18,6 +18,15 @@ from lowlight.core.errors import CalibrationError, ShapeError, VerificationError
 pytestmark = pytest.mark.slow
 
 
+def _amnet_lowered(cache_dir: Path) -> Path:
+    """The lowered tiny AMNet graph in the session's stage cache (other families' graphs are there too)."""
+    for path in sorted(Path(cache_dir, "lower").glob("*/model.onnx")):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        if [i.name for i in graph.input] == ["rgb"] and [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 4, 3, 64, 64]:
+            return path
+    raise AssertionError("no lowered tiny AMNet graph in the stage cache")
+
+
 def test_fp32_bundle_matches_pytorch_within_1e3(fp32_bundle):
     root = fp32_bundle.bundle
     ref = np.load(root / "reference.npz")
@@ -82,7 +91,7 @@ def test_trt_flavour_qdq_zero_points_are_all_zero_int8(int8_bundle, tmp_path: Pa
     from lowlight.calibration.data import SAMPLES_DIR
     from lowlight.calibration.frames import load_frames
 
-    lowered = next(Path(cache_dir, "lower").glob("*/model.onnx"))
+    lowered = _amnet_lowered(cache_dir)
     feeds = fam.make_inputs(load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, "tiny")
     for engine in ("nncf", "ort"):
         out = tmp_path / f"trt-{engine}.onnx"
@@ -101,7 +110,7 @@ def test_nncf_is_skipped_when_its_statistics_pass_cannot_fit(int8_bundle, tmp_pa
     from lowlight.calibration.frames import load_frames
     from lowlight.core.errors import LowlightError
 
-    lowered = next(Path(cache_dir, "lower").glob("*/model.onnx"))
+    lowered = _amnet_lowered(cache_dir)
     need = q.activation_bytes(lowered)
     assert need > 1_000_000  # AMNet tiny at 1x4x3x64x64: megabytes of activations
     feeds = get_family("amnet").make_inputs(load_frames(SAMPLES_DIR, limit=4), TINY_SHAPE, "tiny")
