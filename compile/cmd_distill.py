@@ -128,7 +128,7 @@ def run(a: argparse.Namespace) -> int:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from lowlight.core.fsio import OutputLock, current_umask, partial_file
+    from lowlight.core.fsio import OutputLock, staged_file
     from lowlight.models import get_family
 
     fam = get_family(a.model)
@@ -155,14 +155,8 @@ def run(a: argparse.Namespace) -> int:
         record = json.loads(meta.get(MARK, "{}"))
         record.update(teacher=Path(a.teacher).name, family=a.model, config=config)
         meta[MARK] = json.dumps(record)
-        tmp = partial_file(out)
-        try:
+        with staged_file(out) as tmp:
             save_file(load_file(str(src)), str(tmp), metadata=meta)
-            os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates 0600; a weights file is as readable as any other
-            tmp.replace(out)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         side = out.with_suffix(".json")
         info = {"lowlight_distill": True, "command": "lowlight-compile " + " ".join(map(shlex.quote, sys.argv[1:] or ["distill"])),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cached": got.cached, "cache_folder": str(got.folder),

@@ -94,7 +94,6 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         make_plan = lambda: onnx_plan(src, opts.shape)  # noqa: E731
         label, config = src.stem, "onnx"
         fam = None
-        distills = False
     else:
         from lowlight.models import get_family
 
@@ -111,7 +110,6 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         shape = opts.shape if opts.shape is not None else fam.default_shape(config, **fopts)
         check_volume({t.name: t.shape for t in fam.inputs(shape, config, **fopts)})  # ShapeError before any work
         label = fam.name.replace(":", "-").replace(".py", "")
-        distills = bool(fam.distill_option)
 
         def make_plan() -> Any:
             from lowlight.compile.plan import family_plan
@@ -125,18 +123,20 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         for p in remove_stale(out):
             if not opts.quiet:
                 print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
-        return _build(opts, make_plan, target, precision, out, t_start, distills)
+        return _build(opts, make_plan, target, precision, out, t_start, fam)
 
 
 def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, out: Path, t_start: float,
-           distills: bool = False) -> CompileResult:
-    """The stages, run while holding the lock on `out`."""
+           fam: Any = None) -> CompileResult:
+    """The stages, run while holding the lock on `out` (`fam`: the family compiled, None for an ONNX file)."""
     from lowlight.calibration.data import SAMPLES_DIR
     from lowlight.calibration.frames import select_data
     from lowlight.compile.verify import to_markdown, verify
     from lowlight.core.bundle import read_manifest, write_manifest
     from lowlight.core.fsio import commit_dir, staged_dir
     from lowlight.core.program import run_program
+
+    distills = bool(fam is not None and fam.distill_option)
 
     cache = StageCache(opts.cache_path(), force=opts.force)
     stages = list(STAGES)
@@ -150,7 +150,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     with progress.stage("load", f"{opts.model if not str(what).endswith('.onnx') else 'ONNX'} ({what})"):
         plan = make_plan()
     if target.runtime == "tensorrt" and len(plan.components) > 1:  # before any work, not at the bundle stage
-        one = [o.flag + " yes" for o in getattr(opts_family(opts), "options", ()) if o.name == "unroll"]
+        one = [o.flag + " yes" for o in getattr(fam, "options", ()) if o.name == "unroll"]
         raise TargetError(
             f"{plan.name} compiles to {len(plan.components)} components ({', '.join(c.name for c in plan.components)}); "
             f"TensorRT build plans are made for one graph per bundle so far",
@@ -623,15 +623,6 @@ def _fill_internal_shapes(plan: Any, components: dict[str, Any], feed: dict[str,
             if name in shapes and o["name"] in shapes[name]:
                 o["shape"] = shapes[name][o["name"]]
                 o["dtype"] = dtypes[name][o["name"]]
-
-
-def opts_family(opts: CompileOptions) -> Any:
-    """The family `opts` compiles (None for an ONNX file)."""
-    if opts.model is None or str(opts.checkpoint or "").lower().endswith(".onnx"):
-        return None
-    from lowlight.models import get_family
-
-    return get_family(str(opts.model))
 
 
 def _ground_truth_pairs(plan: Any, clean_frames: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:

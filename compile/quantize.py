@@ -187,9 +187,9 @@ def qdq_fidelity(float_path: str | Path, q_path: str | Path, feeds: list[dict[st
     return float(np.mean([psnr(q(f)[0], w) for f, w in zip(feeds, want)]))
 
 
-def activation_bytes(path: str | Path) -> int:
+def activation_bytes(model: "str | Path | onnx.ModelProto") -> int:
     """Bytes of every intermediate tensor of one inference, from the graph's inferred static shapes."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    model = onnx.shape_inference.infer_shapes(model if isinstance(model, onnx.ModelProto) else onnx.load(str(model)))
     total = 0
     for v in model.graph.value_info:
         t = v.type.tensor_type
@@ -210,7 +210,7 @@ def available_memory() -> int:
     return 1 << 60
 
 
-def nncf_blocker(src: str | Path) -> str | None:
+def nncf_blocker(src: "str | Path | onnx.ModelProto") -> str | None:
     """Why NNCF cannot calibrate `src` on this host, or None.
 
     NNCF's ONNX statistics pass makes every activation a graph output, so one
@@ -245,7 +245,8 @@ def quantize_int8(
     """
     src, dst = Path(src), Path(dst)
     check_feeds = check_feeds or feeds[:2]
-    has_plugins = any(n.domain == CUSTOM_DOMAIN for n in onnx.load(str(src)).graph.node)
+    src_model = onnx.load(str(src))
+    has_plugins = any(n.domain == CUSTOM_DOMAIN for n in src_model.graph.node)
     if engine == "nncf" and has_plugins:
         from lowlight.core.errors import LowlightError
 
@@ -254,7 +255,7 @@ def quantize_int8(
             "function bodies, so onnxruntime cannot run it)",
             "use --int8-engine ort (or auto, which picks it for such graphs)",
         )
-    too_big = nncf_blocker(src) if engine in ("auto", "nncf") else None
+    too_big = nncf_blocker(src_model) if engine in ("auto", "nncf") else None
     if engine == "nncf" and too_big:
         from lowlight.core.errors import LowlightError
 

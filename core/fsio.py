@@ -68,6 +68,21 @@ def partial_file(out: Path) -> Path:
     return out.parent / f".{out.name}{_PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}{out.suffix}"
 
 
+@contextmanager
+def staged_file(out: Path) -> Iterator[Path]:
+    """Yield a partial path beside `out` to write; on success it gets the user's umask and is renamed
+    onto `out` (claimed by the caller beforehand), on failure the partial is removed. No half file ever
+    stands under the final name."""
+    tmp = partial_file(out)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())  # writers like safetensors create 0600
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

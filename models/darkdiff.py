@@ -1040,19 +1040,9 @@ class DarkDiffFamily(Family):
     def make_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0, **options: str) -> list[dict[str, np.ndarray]]:
         """Synthetic low-light raw from clean photos (`calibration.raw`): each frame fitted to
         the Bayer size (2h x 2w), unprocessed to raw, darkened with shot + read noise at a
-        random ratio 100-300; gain = ratio x white balance. Whole batches only."""
-        from lowlight.calibration.frames import fit_frame
-        from lowlight.calibration.raw import raw_pair
-
-        b, _, h, w = parse_shape(shape, config)
-        rng = np.random.default_rng(seed)
-        raws, gains = [], []
-        for frame in frames:
-            raw, gain, _ = raw_pair(fit_frame(frame, 2 * h, 2 * w), rng)
-            raws.append(raw)
-            gains.append(gain)
-        return [{"raw": np.stack(raws[i : i + b]).astype(np.float32), "gain": np.stack(gains[i : i + b]).astype(np.float32)}
-                for i in range(0, len(raws) - b + 1, b)]
+        random ratio 100-300; gain = ratio x white balance. Whole batches only (the feeds of
+        `ground_truth_inputs`)."""
+        return self.ground_truth_inputs(frames, shape, config, seed, **options)[0]
 
     def ground_truth_inputs(self, frames: list[np.ndarray], shape: str, config: str, seed: int = 0,
                             **options: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:

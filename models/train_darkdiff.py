@@ -32,7 +32,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -230,17 +229,11 @@ def save(model: DarkDiff, out: Path, metadata: dict[str, str]) -> None:
     """safetensors written beside `out` and renamed into place (no half file under the final name)."""
     from safetensors.torch import save_file
 
-    from lowlight.core.fsio import current_umask, partial_file
+    from lowlight.core.fsio import staged_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_file(out)
-    try:
+    with staged_file(out) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates 0600
-        tmp.replace(out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def train(

@@ -15,6 +15,7 @@ import numpy as np
 
 from lowlight.core.bundle import bundle_path, read_manifest
 from lowlight.core.errors import BundleError, InputError, LowlightError
+from lowlight.core.program import noise_inputs
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -46,6 +47,8 @@ class Session:
         self.backends: dict[str, Any] = backends if isinstance(backends, dict) else {next(iter(pm["components"])): backends}
         self.bundle, self.manifest = bundle, manifest
         self.program: dict[str, Any] = pm["program"]
+        # optional inputs: e.g. a sampler's starting latent `noise`, drawn from the seed when absent
+        self._noise_inputs = noise_inputs(self.program)
         self.constants: dict[str, np.ndarray] = constants or {}
         self.output_names: list[str] = [o["name"] for o in manifest["outputs"]]
         self.dtypes: dict[str, str] = {i["name"]: str(i.get("dtype", "float32")) for i in manifest["inputs"]}
@@ -74,9 +77,7 @@ class Session:
 
     def check(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Validated float32 feeds; raises InputError naming the problem and its fix."""
-        from lowlight.core.program import noise_inputs
-
-        optional = noise_inputs(self.program)  # e.g. a sampler's starting latent `noise`; drawn from the seed if absent
+        optional = self._noise_inputs
         missing = [n for n in self.inputs if n not in feeds]
         extra = [n for n in feeds if n not in self.inputs and n not in optional]
         if missing or extra:
