@@ -6,11 +6,12 @@ CPU smoke test (tiny sizes, Triton interpreter; proves the script runs, numbers 
     python benchmarks/kernels.py --cpu-smoke
 
 Per case it times our kernel, the PyTorch reference in eager mode and under
-torch.compile (and, for the MoE, the usual per-expert Python loop), checks our
-output against the reference, and reports achieved DRAM GB/s for the
-memory-bound gates (against the device's peak, when known) and TFLOP/s for the
-MoE (useful sparse FLOPs). Results go to stdout as a Markdown table and, with
---out, to JSON with device, date, versions and the command line.
+torch.compile (and, for the MoE, the usual per-expert Python loop and, on CUDA,
+the single-kernel MoE of the TensorRT plugin), checks our output against the
+reference, and reports achieved DRAM GB/s for the memory-bound gates (against
+the device's peak, when known) and TFLOP/s for the MoE (useful sparse FLOPs).
+Results go to stdout as a Markdown table and, with --out, to JSON with device,
+date, versions and the command line.
 """
 from __future__ import annotations
 
@@ -196,6 +197,12 @@ def moe_case(N: int, D: int, F: int, E: int, dtype: torch.dtype, dev: str, reps:
             "dense eager": _try("dense", dense, cuda, reps, notes),
             "torch.compile(loop)": _try("compile(loop)", lambda: comp_loop_fn(*args), cuda, reps, notes),
             "torch.compile(dense)": _try("compile(dense)", lambda: comp_dense_fn(*args), cuda, reps, notes)}
+    if cuda:  # the single-kernel MoE of the TensorRT plugin (one launch; a tile runs every expert it picked)
+        from lowlight.kernels.moe_fused_kernel import moe_top2_fused
+
+        fused = lambda: moe_top2_fused(*args)  # noqa: E731
+        notes.append(f"fused max rel err {_rel_err(fused(), ref.moe_top2_ref(*(t.float() for t in args))):.2e}")
+        c.ms["fused (TensorRT plugin)"] = _try("fused", fused, cuda, reps, notes)
     c.notes = "; ".join(notes)
     return c
 

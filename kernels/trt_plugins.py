@@ -8,13 +8,17 @@ Python at run time. The ONNX parser maps a node to a plugin when the node's op
 type is the plugin name and it carries `plugin_namespace` (and `aot=1` to pick
 the AOT implementation): `lowlight.passes.custom_ops.to_plugin_nodes`.
 
-| plugin                       | ONNX node                      | kernel                      |
-|------------------------------|--------------------------------|-----------------------------|
-| lowlight::SpectralGate       | SpectralGate(re, im, w_g, ...) | spectral_gate_kernel        |
-| lowlight::IlluminationGate   | IlluminationGate(z, w, b)      | illumination_gate_kernel    |
+| plugin                     | ONNX node                        | kernel                   |
+|----------------------------|----------------------------------|--------------------------|
+| lowlight::SpectralGate     | SpectralGate(re, im, w_g, ...)   | spectral_gate_kernel     |
+| lowlight::IlluminationGate | IlluminationGate(z, w, b)        | illumination_gate_kernel |
+| lowlight::MoETop2          | MoETop2(x, w_router, w1, w3, w2) | moe_top2_fused_kernel    |
 
-MoETop2 has no plugin: an AOT plugin launches one kernel, and the MoE needs
-four (route, align, two grouped GEMMs); it is decomposed for every target.
+An AOT plugin launches one kernel, so MoETop2's plugin runs the single fused
+kernel of moe_fused_kernel.py (routing and every expert a token tile picked,
+in one program per tile), not the four launches of the grouped-GEMM path
+(moe_kernel.py) that the `lowlight::moe_top2` op uses on CUDA. Its D (and
+E, F) must be static at engine build time: D sizes the kernel's tiles.
 
 Kernel arguments follow TensorRT's AOT launch order: input pointers, then the
 extra scalar arguments returned here, then output pointers. TensorRT tensors
@@ -32,10 +36,11 @@ import numpy as np
 import numpy.typing as npt
 
 PLUGIN_NAMESPACE = "lowlight"
-PLUGIN_IDS = ("lowlight::SpectralGate", "lowlight::IlluminationGate")
+PLUGIN_IDS = ("lowlight::SpectralGate", "lowlight::IlluminationGate", "lowlight::MoETop2")
 
-#: Tile width and warps baked into the engine (autotuning picks these on H100
-#: for AMNet sizes; TensorRT tactics could expose more, see benchmarks/).
+#: Tile width and warps baked into the engine for the gates (autotuning picks
+#: these on H100 for AMNet sizes; TensorRT tactics could expose more, see
+#: benchmarks/). MoETop2 takes its tiles and warps from moe_fused_kernel.py.
 BLOCK_P = 64
 NUM_WARPS = 4
 _registered = False
@@ -94,8 +99,8 @@ class AotKernel(NamedTuple):
     ptx: str
     threads: int
     shared: int
-    block_p: int
-    tile_w: int  # IlluminationGate's tile width (tile = block_p // tile_w rows); 0 for SpectralGate
+    block_p: int  # pixels per tile (tokens per tile for MoETop2): the grid is cdiv(size, block_p)
+    tile_w: int  # IlluminationGate's tile width (tile = block_p // tile_w rows); 0 for the others
 
 
 def _signature(op: str, t: str) -> Dict[str, str]:
@@ -111,6 +116,10 @@ def _signature(op: str, t: str) -> Dict[str, str]:
         ins = ("z_ptr", "w_ptr", "b_ptr")
         ints = ("B", "C", "H", "W", "s_b", "s_c", "s_h", "s_w")
         outs = ("high_ptr", "low_ptr")
+    elif op == "MoETop2":
+        ins = ("x_ptr", "wr_ptr", "w1_ptr", "w3_ptr", "w2_ptr")
+        ints = ("N", "D", "E", "F")
+        outs = ("y_ptr",)
     else:
         raise KeyError(f"no TensorRT plugin for {op!r}")
     sig = {n: f"*{t}" for n in ins}
@@ -119,46 +128,64 @@ def _signature(op: str, t: str) -> Dict[str, str]:
     return sig
 
 
-def compile_aot_kernel(op: str, dtype: str, channels: int, k: int = 1, arch: int | None = None) -> AotKernel:
+def compile_aot_kernel(op: str, dtype: str, channels: int, k: int = 1, arch: int | None = None,
+                       experts: int = 0, hidden: int = 0) -> AotKernel:
     """Compile the kernel behind plugin `op` to PTX for TensorRT.
 
-    dtype: "fp32" | "fp16" | "bf16"; channels: C (a build-time constant: it
-    sizes the tiles); k: IlluminationGate's pool size; arch: SM version such
-    as 87 (Orin) or 90, default the current GPU. Tries tile widths from
-    BLOCK_P down until the kernel fits in 48 KiB of shared memory (no opt-in).
+    dtype: "fp32" | "fp16" | "bf16"; channels: C (D for MoETop2; a build-time
+    constant: it sizes the tiles); k: IlluminationGate's pool size; experts,
+    hidden: MoETop2's E and F; arch: SM version such as 87 (Orin) or 90,
+    default the current GPU. The gates try tile widths from BLOCK_P down until
+    the kernel fits in 48 KiB of shared memory (no opt-in); MoETop2's tiles
+    are sized for that by `moe_fused_kernel.fused_blocks`.
     Runs without a GPU when `arch` is given (Triton ships ptxas).
     """
     import triton  # type: ignore[import-untyped, unused-ignore]
 
     from lowlight.kernels import _triton as kt
 
-    if op == "SpectralGate":
-        from lowlight.kernels.spectral_gate_kernel import spectral_gate_kernel as fn
-        consts: Dict[str, Any] = {"HOIST": False}  # weights re-read per tile: small shared memory
+    prec = {"DOT_PREC": "tf32x3" if dtype == "fp32" else "ieee", "UPCAST": False}
+    # (constexprs, tile size, tile width) to try in order; the first that fits 48 KiB wins.
+    tries: List[Tuple[Dict[str, Any], int, int]]
+    num_warps = NUM_WARPS
+    if op == "MoETop2":
+        from lowlight.kernels import moe_fused_kernel as mf
+
+        if experts < 2 or hidden < 1:
+            raise ValueError(f"MoETop2 needs experts >= 2 and hidden >= 1, got experts={experts}, hidden={hidden}")
+        fn = mf.moe_top2_fused_kernel
+        blocks = mf.fused_blocks(channels, experts, hidden, 4 if dtype == "fp32" else 2)
+        tries = [({**blocks._asdict(), **prec}, blocks.BLOCK_N, 0)]
+        num_warps = mf.NUM_WARPS
     else:
-        from lowlight.kernels.illumination_gate_kernel import illumination_gate_kernel as fn
-        consts = {"K": k}
-    consts.update({"CP": kt.next_pow2(channels), "DOT_PREC": "tf32x3" if dtype == "fp32" else "ieee",
-                   "UPCAST": False})
+        if op == "SpectralGate":
+            from lowlight.kernels.spectral_gate_kernel import spectral_gate_kernel as fn
+            consts: Dict[str, Any] = {"HOIST": False}  # weights re-read per tile: small shared memory
+        else:
+            from lowlight.kernels.illumination_gate_kernel import illumination_gate_kernel as fn
+            consts = {"K": k}
+        consts.update({"CP": kt.next_pow2(channels), **prec})
+        tries = []
+        for bp in (BLOCK_P, BLOCK_P // 2, 16):
+            tile = {"TILE_W": min(16, bp)} if op == "IlluminationGate" else {}
+            tries.append(({**consts, **tile, "BLOCK_P": bp}, bp, tile.get("TILE_W", 0)))
     sig = _signature(op, dtype)
     target = None
     if arch is not None:
         from triton.backends.compiler import GPUTarget  # type: ignore[import-untyped, unused-ignore]
 
         target = GPUTarget("cuda", arch, 32)
-    for bp in (BLOCK_P, BLOCK_P // 2, 16):
-        tile = {"TILE_W": min(16, bp)} if op == "IlluminationGate" else {}
-        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs={**consts, **tile, "BLOCK_P": bp})
-        ck = triton.compile(src, target=target, options={"num_warps": NUM_WARPS, "num_stages": 1})
+    for consts, block, tile_w in tries:
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+        ck = triton.compile(src, target=target, options={"num_warps": num_warps, "num_stages": 1})
         if getattr(ck.metadata, "global_scratch_size", 0):
             raise RuntimeError(f"{ck.metadata.name} needs global scratch memory; not launchable from TensorRT")
-        if ck.metadata.shared <= _SHARED_LIMIT or bp == 16:
+        if ck.metadata.shared <= _SHARED_LIMIT:
             break
     if ck.metadata.shared > _SHARED_LIMIT:
-        raise RuntimeError(f"{op} with C={channels} needs {ck.metadata.shared} B of shared memory (> 48 KiB)")
+        raise RuntimeError(f"{op} at width {channels} needs {ck.metadata.shared} B of shared memory (> 48 KiB)")
     ptx = _ptx_for_trt(ck.asm["ptx"], ck.metadata.name, len(sig))
-    return AotKernel(ck.metadata.name, ptx, ck.metadata.num_warps * 32, ck.metadata.shared, bp,
-                     tile.get("TILE_W", 0))
+    return AotKernel(ck.metadata.name, ptx, ck.metadata.num_warps * 32, ck.metadata.shared, block, tile_w)
 
 
 def _tl_dtype(trt_dtype: Any) -> str:
@@ -170,11 +197,11 @@ def _tl_dtype(trt_dtype: Any) -> str:
     return names[trt_dtype]
 
 
-def _channels(desc: Any, what: str) -> int:
-    """Build-time channel count of a [B, C, H, W] TensorDesc (it sizes the kernel's tiles)."""
+def _static_dim(desc: Any, dim: int, what: str) -> int:
+    """Build-time size of dimension `dim` of a TensorDesc (channels, MoE sizes: they size the kernel's tiles)."""
     if getattr(desc, "has_shape", False):
-        return int(desc.shape[1])
-    expr = desc.shape_expr[1]
+        return int(desc.shape[dim])
+    expr = desc.shape_expr[dim]
     if not expr.is_constant:
         raise ValueError(f"{what} must be static at engine build time (it sizes the kernel's tiles)")
     return int(expr.constant_value())
@@ -217,7 +244,7 @@ def register_plugins() -> None:
         re: trtp.TensorDesc, im: trtp.TensorDesc, w_g: trtp.TensorDesc, b_g: trtp.TensorDesc,
         w_s: trtp.TensorDesc, b_s: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        C = _channels(re, "SpectralGate channel count")
+        C = _static_dim(re, 1, "SpectralGate channel count")
         kern = compile_aot_kernel("SpectralGate", _tl_dtype(re.dtype), C)
         s = re.shape_expr
         hw = s[2] * s[3]
@@ -250,7 +277,7 @@ def register_plugins() -> None:
         z: trtp.TensorDesc, w: trtp.TensorDesc, b: trtp.TensorDesc, kernel_shape: npt.NDArray[np.int32],
         outputs: Tuple[trtp.TensorDesc], tactic: int,
     ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-        C = _channels(z, "IlluminationGate channel count")
+        C = _static_dim(z, 1, "IlluminationGate channel count")
         kern = compile_aot_kernel("IlluminationGate", _tl_dtype(z.dtype), C, k=int(kernel_shape[0]))
         s = z.shape_expr
         hw = s[2] * s[3]
@@ -261,6 +288,39 @@ def register_plugins() -> None:
         params.shared_mem = kern.shared
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
             s[0], s[1], s[2], s[3], s[1] * hw, hw, s[3], trtp.ShapeExpr(1))])
+        return kern.name, kern.ptx, params, extra
+
+    # --------------------------------------------------------------- MoETop2
+    @register("lowlight::MoETop2")
+    def moe_top2_desc(
+        x: trtp.TensorDesc, w_router: trtp.TensorDesc, w1: trtp.TensorDesc, w3: trtp.TensorDesc,
+        w2: trtp.TensorDesc,
+    ) -> trtp.TensorDesc:
+        return x.like()
+
+    @autotune("lowlight::MoETop2")
+    def moe_top2_tune(
+        x: trtp.TensorDesc, w_router: trtp.TensorDesc, w1: trtp.TensorDesc, w3: trtp.TensorDesc,
+        w2: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc],
+    ) -> List[trtp.AutoTuneCombination]:
+        return same_type_combination(6)
+
+    @aot_impl("lowlight::MoETop2")
+    def moe_top2_aot(
+        x: trtp.TensorDesc, w_router: trtp.TensorDesc, w1: trtp.TensorDesc, w3: trtp.TensorDesc,
+        w2: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc], tactic: int,
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        D = _static_dim(x, 1, "MoETop2 model width D")
+        E = _static_dim(w1, 0, "MoETop2 expert count E")
+        F = _static_dim(w1, 2, "MoETop2 hidden width F")
+        kern = compile_aot_kernel("MoETop2", _tl_dtype(x.dtype), D, experts=E, hidden=F)
+        n = x.shape_expr[0]  # the token count may vary at run time
+        params = trtp.KernelLaunchParams()
+        params.grid_x = trtp.cdiv(n, kern.block_p)  # one program per tile of tokens
+        params.block_x = kern.threads
+        params.shared_mem = kern.shared
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
+            n, trtp.ShapeExpr(D), trtp.ShapeExpr(E), trtp.ShapeExpr(F))])
         return kern.name, kern.ptx, params, extra
 
     _registered = True

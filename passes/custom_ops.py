@@ -7,11 +7,12 @@ Two ONNX -> ONNX passes over graphs exported with `lowlight.kernels.export_onnx`
   ops (the model-local function inlined), the lowlight functions and opset
   import are dropped. For onnxruntime targets and TensorRT < 10.9.
 - `to_plugin_nodes`: every lowlight node that has a TensorRT plugin
-  (SpectralGate, IlluminationGate) stays one node, marked for TensorRT's ONNX
-  parser (`plugin_namespace`, `aot=1`: op type = plugin name, so it loads our
-  AOT Triton plugin `lowlight::<OpType>` from `lowlight.kernels.trt_plugins`),
-  its function body removed; the others (MoETop2: no single-kernel plugin)
-  are decomposed. For TensorRT >= 10.9.
+  (`PLUGIN_OPS`: SpectralGate, IlluminationGate, MoETop2) stays one node,
+  marked for TensorRT's ONNX parser (`plugin_namespace`, `aot=1`: op type =
+  plugin name, so it loads our AOT Triton plugin `lowlight::<OpType>` from
+  `lowlight.kernels.trt_plugins`; MoETop2's is the single fused kernel of
+  `lowlight.kernels.moe_fused_kernel`), its function body removed; a lowlight
+  op not in `plugin_ops` is decomposed. For TensorRT >= 10.9.
 
 Both return a new model and are no-ops (an unchanged copy) when the graph has
 no lowlight node.
@@ -23,8 +24,8 @@ import onnx.inliner
 
 from lowlight.core.onnx_graph import CUSTOM_DOMAIN as DOMAIN
 
-#: Op types with a TensorRT AOT plugin (kernels/trt_plugins.py).
-PLUGIN_OPS = ("SpectralGate", "IlluminationGate")
+#: Op types with a TensorRT AOT plugin (kernels/trt_plugins.py: PLUGIN_IDS).
+PLUGIN_OPS = ("SpectralGate", "IlluminationGate", "MoETop2")
 
 
 def _has_lowlight(model: onnx.ModelProto) -> bool:

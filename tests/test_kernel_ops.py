@@ -282,7 +282,7 @@ def test_lowering_passes_are_noops_without_custom_ops():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_moe_onnx_both_forms(dtype):
     from lowlight.passes.custom_ops import decompose_custom_ops, to_plugin_nodes
-    from lowlight.kernels.onnx_export import export_onnx
+    from lowlight.kernels.onnx_export import attach_functions, export_onnx
 
     model = MoEBlock(dtype).eval()
     x = torch.randn(13, 8, generator=_gen(8)).to(dtype)
@@ -292,9 +292,9 @@ def test_moe_onnx_both_forms(dtype):
         want = ref.moe_top2_ref(*(t.float() for t in (x, *model.ws))).numpy()
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     scale = max(1.0, np.abs(want).max())
-    trt_form = to_plugin_nodes(proto)  # no MoE plugin: decomposed for TensorRT too
-    assert not any(n.domain for n in trt_form.graph.node) and not trt_form.functions
-    for form in (proto, decompose_custom_ops(proto), trt_form):
+    trt_form = to_plugin_nodes(proto)  # one lowlight::MoETop2 plugin node (the fused kernel), no body
+    assert [n.op_type for n in trt_form.graph.node if n.domain] == ["MoETop2"] and not trt_form.functions
+    for form in (proto, decompose_custom_ops(proto), attach_functions(trt_form)):
         got = _ort_run(form, x.numpy()).astype(np.float32)
         assert np.abs(got - want).max() / scale <= tol
 
@@ -303,7 +303,7 @@ def test_moe_onnx_both_forms(dtype):
 def test_trt_plugins_module_imports_without_tensorrt():
     from lowlight.kernels import trt_plugins
 
-    assert trt_plugins.PLUGIN_IDS == ("lowlight::SpectralGate", "lowlight::IlluminationGate")
+    assert trt_plugins.PLUGIN_IDS == ("lowlight::SpectralGate", "lowlight::IlluminationGate", "lowlight::MoETop2")
 
 
 def test_trt_ptx_hidden_params_dropped():
