@@ -1,13 +1,20 @@
 """`lowlight-compile distill TEACHER --model FAMILY --steps K --out STUDENT`: the distill stage alone.
 
-Guided distillation then progressive distillation (compile/distill.py) from
-the teacher checkpoint down to K sampling steps; the students are cached by
-content (teacher sha256, K, data recipe, options), so a compile of the same
-teacher at the same K reuses them and a second `distill` returns at once.
+Distills the teacher checkpoint down to K sampling steps with the family's
+method (compile/distill.py): guided then progressive distillation for a
+diffusion teacher (DarkDiff), reflow then one-step distillation for a
+flow-matching teacher (MMAIF). The students are cached by content (teacher
+sha256, K, data recipe, method, options), so a compile of the same teacher at
+the same K reuses them and a second `distill` returns at once.
+
 A family opts in through its training recipe module (`Family.trainer`): a
-function `distill_setup(checkpoint, config, *, batch, crop, seed)` returning
-the teacher as a `distill.Sampler`, an endless batch generator, a description
-of the data recipe and the recipe's default iterations and learning rate.
+function `distill_setup(checkpoint, config, *, batch, crop, seed)` returning a
+dict with the teacher as a `distill.Sampler` ("teacher"), an endless batch
+generator ("batches"), a description of the data recipe ("data"), the
+recipe's default iterations, learning rate and progress interval
+("iters_per_round", "lr", "every"), and optionally the method ("method":
+"progressive", the default, or "reflow") and the teacher sampler's step count
+("teacher_steps", which bounds K for reflow).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ from typing import Any, Callable
 
 from lowlight.compile.cli_types import finite_float, positive_int
 
-SUMMARY = "distill a guided diffusion teacher into a K-step student (guided + progressive distillation)"
+SUMMARY = "distill a diffusion or flow teacher into a K-step student (guided + progressive distillation, or reflow + one-step)"
 
 #: safetensors metadata key that marks a file this command wrote (and may replace with --overwrite)
 MARK = "lowlight.distill"
@@ -34,11 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("teacher", help="teacher checkpoint (.safetensors from `lowlight-compile zoo train FAMILY`)")
     p.add_argument("--model", required=True, help="model family of the teacher (e.g. darkdiff)")
     p.add_argument("--config", default=None, help="config of the teacher (default: the family's deployed config)")
-    p.add_argument("--steps", type=positive_int, required=True, help="sampling steps of the student: a power of two <= --start-steps (4, 2, 1)")
+    p.add_argument("--steps", type=positive_int, required=True, help="sampling steps of the student: for progressive distillation a power of two <= --start-steps (4, 2, 1); "
+                   "for reflow (flow-matching families) 1 <= K < the teacher's steps")
     p.add_argument("--out", required=True, help="student .safetensors to write; an existing file is replaced only with --overwrite and only if this command wrote it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out written by `distill`")
-    p.add_argument("--iters", type=positive_int, default=None, help="iterations per progressive round and of the guided stage (default: the recipe's)")
-    p.add_argument("--start-steps", type=positive_int, default=64, help="teacher DDIM steps the first round halves (a power of two)")
+    p.add_argument("--iters", type=positive_int, default=None, help="iterations per stage: each progressive round and the guided stage, or reflow and one-step (default: the recipe's)")
+    p.add_argument("--start-steps", type=positive_int, default=64, help="teacher DDIM steps the first progressive round halves (a power of two; unused by reflow families)")
     p.add_argument("--lr", type=finite_float, default=None, help="Adam learning rate (default: the recipe's)")
     p.add_argument("--batch", type=positive_int, default=None, help="batch size (default: the recipe's)")
     p.add_argument("--crop", type=positive_int, default=None, help="training crop in Bayer pixels (default: the recipe's)")
@@ -77,24 +85,29 @@ def student_for(
     """The K-step students of `teacher` (a `distill.Distilled`): from the stage cache, else distilled now.
 
     What a compile calls when the family's program needs a student; the
-    `distill` command calls it too.
+    `distill` command calls it too. The method and the teacher's step count
+    come from the family's `distill_setup` ("method", "teacher_steps"); K is
+    checked by that method's rule before any data is read.
     """
     from lowlight.compile.cache import StageCache, file_sha256
     from lowlight.compile.distill import check_steps, distill_cached
     from lowlight.core.errors import CheckpointError
 
-    check_steps(steps, start_steps)
     path = Path(teacher)
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint {path} does not exist" if not path.exists() else f"teacher checkpoint {path} is not a file",
                               f"pass the teacher's .safetensors, e.g. one written by `lowlight-compile zoo train {family}`")
     setup = recipe(family)(str(path), config, batch=batch, crop=crop, seed=seed)
+    method = str(setup.get("method", "progressive"))
+    teacher_steps = setup.get("teacher_steps")
+    teacher_steps = None if teacher_steps is None else int(teacher_steps)
+    check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
     store = StageCache(cache_root(str(cache_dir) if cache_dir else None), force=force)
     return distill_cached(
         setup["teacher"], steps, setup["batches"], cache=store, teacher_sha256=file_sha256(path), data=setup["data"],
         start_steps=start_steps, iters_per_round=iters or int(setup["iters_per_round"]),
         lr=lr if lr is not None else float(setup["lr"]), seed=seed, every=int(setup.get("every", 50)), progress=say,
-        metadata={"lowlight.family": family, "lowlight.config": config},
+        metadata={"lowlight.family": family, "lowlight.config": config}, method=method, teacher_steps=teacher_steps,
     )
 
 
