@@ -43,12 +43,13 @@ def run(a: argparse.Namespace) -> int:
             for cfg in fam.configs:
                 w = fam.weights_path(cfg)
                 print(f"{name:8s} {cfg:8s} {'weights: ' + str(w) if w and w.exists() else 'no shipped weights':60s} {opts}")
-                student_path = getattr(fam, "student_path", None)  # diffusion families: distilled students beside the teacher
-                if w and w.exists() and student_path is not None:
-                    ks = [k for k in (8, 4, 2, 1) if student_path(w, k).exists()]
+                if w and w.exists() and fam.distill_option:  # diffusion families: distilled students beside the teacher
+                    ks = [k for k in (8, 4, 2, 1) if fam.student_path(w, k).exists()]
                     if ks:
                         print(f"{'':17s} students (--{fam.distill_option}): {', '.join(map(str, ks))}, "
-                              f"e.g. {student_path(w, ks[0]).name}")
+                              f"e.g. {fam.student_path(w, ks[0]).name}")
+            for line in fam.catalog():
+                print(f"{'':17s} {line}")
         return 0
     fam = get_family(a.family)
     config = a.config or fam.default_config

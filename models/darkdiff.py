@@ -970,12 +970,6 @@ class DarkDiffFamily(Family):
     def build(self, config: str, steps: str | int | None = None, **_: Any) -> DarkDiff:
         return build(config, steps)
 
-    @staticmethod
-    def student_path(teacher: Path, steps: int) -> Path:
-        """Where the K-step student of `teacher` is looked for: beside it, `<stem>_student<K>.safetensors`
-        (what `lowlight-compile distill T.safetensors --steps K --out T_student<K>.safetensors` writes)."""
-        return teacher.with_name(f"{teacher.stem}_student{int(steps)}.safetensors")
-
     def finish_load(self, model: nn.Module, checkpoint: Path, config: str, steps: str | int | None = None,
                     student: str | Path | bool | None = None, **options: Any) -> list[str]:
         """Load the distilled student for `steps=K` (`student`: a path, False for the teacher's own DDIM at K).
@@ -984,41 +978,18 @@ class DarkDiffFamily(Family):
         K without one runs the teacher's guided DDIM at K steps (the baseline distillation
         must beat), and the note says so. A student distilled from another teacher is refused.
         """
-        import json
-
-        from lowlight.core.bundle import sha256
         from lowlight.core.errors import CheckpointError
+        from lowlight.models.family import read_student
 
         assert isinstance(model, DarkDiff)
         k = int(steps) if steps is not None else model.steps
         if student is False or (isinstance(student, str) and student.lower() in ("no", "false")) or k == self.teacher_steps:
             return [] if k == self.teacher_steps else [f"student=False: the teacher's guided DDIM at {k} steps"]
-        explicit = isinstance(student, (str, Path)) and str(student).lower() not in ("yes", "true")
-        path = Path(str(student)) if explicit else self.student_path(checkpoint, k)
-        if not path.is_file():
-            if explicit:
-                raise CheckpointError(f"student {path} does not exist", "pass the file `lowlight-compile distill` wrote")
-            return [f"no {k}-step student beside {checkpoint.name} ({path.name}): the teacher's guided DDIM at {k} steps"]
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"student {path} is not a readable safetensors file ({exc})",
-                                  "distill it again with `lowlight-compile distill`") from exc
-        record = json.loads(meta.get("lowlight.distill", "{}"))
-        if int(record.get("steps", k)) != k:
-            raise CheckpointError(f"student {path.name} was distilled for {record.get('steps')} steps, not {k}",
-                                  f"pass the {k}-step student, or --steps {record.get('steps')}")
-        if record.get("teacher_sha256") and record["teacher_sha256"] != sha256(checkpoint):
-            raise CheckpointError(f"student {path.name} was distilled from another teacher than {checkpoint.name}",
-                                  f"distill it from this teacher: lowlight-compile distill {checkpoint} --model darkdiff --steps {k} --out {path}")
-        own = {key: v for key, v in tensors.items() if key.split(".", 1)[0] in ("unet", "context")}
-        if len(own) != len(tensors):
-            raise CheckpointError(f"student {path.name} holds tensors other than unet.* and context.*",
-                                  "pass a student written by `lowlight-compile distill`")
+        got = read_student(self.name, checkpoint, k, ("unet", "context"), student, self.student_path)
+        if got is None:
+            return [f"no {k}-step student beside {checkpoint.name} ({self.student_path(checkpoint, k).name}): "
+                    f"the teacher's guided DDIM at {k} steps"]
+        own, path = got
         missing, unexpected = model.load_state_dict(own, strict=False)
         missing = [m for m in missing if m.split(".", 1)[0] in ("unet", "context")]
         if missing or unexpected:

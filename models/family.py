@@ -253,6 +253,17 @@ class Family:
         """
         return []
 
+    def catalog(self) -> list[str]:
+        """Lines `lowlight-compile zoo list` prints under the family: what ships beside the weights
+        (MMAIF: its prompts). Default: nothing."""
+        return []
+
+    @staticmethod
+    def student_path(teacher: Path, steps: int) -> Path:
+        """Where the K-step student of `teacher` is looked for: beside it, `<stem>_student<K>.safetensors`
+        (what `lowlight-compile distill T.safetensors --steps K --out T_student<K>.safetensors` writes)."""
+        return teacher.with_name(f"{teacher.stem}_student{int(steps)}.safetensors")
+
     def infer_config(self, state: dict[str, Any]) -> Any:
         """A config name or object that fits a checkpoint's tensors (`--config auto`); None: not inferable."""
         return None
@@ -291,6 +302,49 @@ class Family:
             raise LowlightError(f"{self.name} has no training recipe", "train it outside lowlight and pass the checkpoint")
         module, _, fn = self.trainer.partition(":")
         return getattr(importlib.import_module(module), fn)(config=config, out=out, **kw)
+
+
+def read_student(family: str, checkpoint: Path, steps: int, modules: tuple[str, ...], student: Any,
+                 default_path: Any) -> tuple[dict[str, Any], Path] | None:
+    """A distilled student's tensors for a teacher `checkpoint` at `steps`, checked; None if there is none.
+
+    `student`: a path (must exist), or None/True/"yes" to look at `default_path(checkpoint, steps)`
+    (beside the teacher). The file must be a `lowlight-compile distill` student for `steps`, of
+    this teacher (sha256 in its metadata), holding only tensors of `modules` (e.g. "flow.").
+    Raises CheckpointError with the fix otherwise.
+    """
+    import json
+
+    from lowlight.core.bundle import sha256
+    from lowlight.core.errors import CheckpointError
+
+    explicit = isinstance(student, (str, Path)) and str(student).lower() not in ("yes", "true")
+    path = Path(str(student)) if explicit else Path(default_path(checkpoint, steps))
+    if not path.is_file():
+        if explicit:
+            raise CheckpointError(f"student {path} does not exist", "pass the file `lowlight-compile distill` wrote")
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"student {path} is not a readable safetensors file ({exc})",
+                              "distill it again with `lowlight-compile distill`") from exc
+    record = json.loads(meta.get("lowlight.distill", "{}"))
+    if int(record.get("steps", steps)) != steps:
+        raise CheckpointError(f"student {path.name} was distilled for {record.get('steps')} steps, not {steps}",
+                              f"pass the {steps}-step student, or --steps {record.get('steps')}")
+    if record.get("teacher_sha256") and record["teacher_sha256"] != sha256(checkpoint):
+        raise CheckpointError(f"student {path.name} was distilled from another teacher than {checkpoint.name}",
+                              f"distill it from this teacher: lowlight-compile distill {checkpoint} --model {family} "
+                              f"--steps {steps} --out {path}")
+    if any(key.split(".", 1)[0] not in modules for key in tensors):
+        raise CheckpointError(f"student {path.name} holds tensors other than {', '.join(m + '.*' for m in modules)}",
+                              "pass a student written by `lowlight-compile distill`")
+    return tensors, path
 
 
 # -- discovery ------------------------------------------------------------------------------

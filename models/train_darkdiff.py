@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import shlex
 import sys
 import time
@@ -42,15 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowlight.calibration.data import shared_data_dir
 from lowlight.calibration.frames import load_frames
 from lowlight.calibration.raw import raw_batch, raw_pair
 from lowlight.core.errors import LowlightError
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.darkdiff import CONFIGS, DarkDiff, alpha_sigma, build, predict_x0
 from lowlight.models.family import WEIGHTS_DIR
-
-HOLDOUT_EVERY, HOLDOUT_OFFSET = 7, 3
+from lowlight.models.train_loop import split_photos
+from lowlight.models.train_loop import train_loop as _loop
 
 #: per config: stage-1 steps, stage-2 steps, batch, Bayer crop, learning rates, eval crop, distillation defaults
 RECIPES: dict[str, dict[str, Any]] = {
@@ -64,14 +62,6 @@ DROP = 0.15  # CFG: probability that the condition is replaced by pure Gaussian 
 
 
 # -- data ------------------------------------------------------------------------------------------
-
-
-def split_photos(clean_dir: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(train, held-out) photo paths of ../shared/data/clean: every 7th is held out."""
-    clean_dir = clean_dir or shared_data_dir() / "clean"  # type: ignore[operator]
-    files = sorted(p for p in Path(clean_dir).iterdir() if p.suffix.lower() == ".png")
-    held = [p for i, p in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_OFFSET]
-    return [p for p in files if p not in held], held
 
 
 def _photos(paths: list[Path], crop: int) -> list[np.ndarray]:
@@ -148,36 +138,6 @@ def evaluate(model: DarkDiff, pairs: list[tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 # -- training --------------------------------------------------------------------------------------------
-
-
-def _fmt(sec: float) -> str:
-    sec = max(0, int(round(sec)))
-    return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"
-
-
-def _loop(name: str, steps: int, params: list[torch.nn.Parameter], lr: float, loss_fn: Callable[[int], dict[str, torch.Tensor]],
-          say: Callable[[str], Any], every: int) -> list[dict[str, float]]:
-    """AdamW, warm-up then cosine decay, gradient clipping; a progress line every `every` steps with an ETA."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    t0, log, window = time.perf_counter(), [], []
-    for i in range(1, steps + 1):
-        terms = loss_fn(i)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        window.append({k: float(v.detach()) for k, v in terms.items()})
-        if i % every == 0 or i == steps:
-            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            window = []
-            el = time.perf_counter() - t0
-            log.append({"step": i, **{k: round(v, 5) for k, v in mean.items()}})
-            say(f"{name} step {i}/{steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                + f"  elapsed {_fmt(el)}  eta {_fmt(el / i * (steps - i))}")
-    return log
 
 
 def vae_losses(model: DarkDiff, b: dict[str, torch.Tensor], kl_weight: float = KL_WEIGHT) -> dict[str, torch.Tensor]:
