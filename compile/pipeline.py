@@ -232,9 +232,13 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
                               gt_feeds, gt_ref, gt, precision=precision, reference_label=plan.reference_label,
                               emulation=emulation, worst=worst)
         reports["_worst_samples"] = (worst, image_outputs[0] if image_outputs else None, plan.inputs[0].name)
+        from lowlight.compile.routing import has_routing, routing_agreement
+
+        if has_routing(floats):  # a top-k mixture: do the reduced-precision graphs route tokens as FP32 does?
+            verification["routing"] = routing_agreement(plan.program, floats, finals, feeds, plan.output_names, plan.constants)
         note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
-        )
+        ) + (f", routing {100 * verification['routing']['agreement']:.2f} % as FP32" if verification.get("routing", {}).get("tokens") else "")
 
     if opts.pixel_format:
         with progress.stage("lower", f"{opts.pixel_format} conversion into the graph, checked against the host conversions") as note:
@@ -256,7 +260,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
         manifest = read_manifest(st)
         commit_dir(st, out)
     manifest.pop("report_warnings", None)
-    notes = list(plan.notes) + list(manifest.get("notes", []))
+    notes = list(dict.fromkeys(list(plan.notes) + list(manifest.get("notes", []))))  # the manifest repeats the plan's
     progress.say(f"done in {time.perf_counter() - t_start:.1f} s")
     return CompileResult(out, manifest, verification, profile, notes)
 

@@ -162,6 +162,10 @@ def to_markdown(report: dict[str, Any], title: str = "Verification", data: dict[
             f"FP32 {gt['fp32_psnr_db']:.2f} dB, artifact {gt['artifact_psnr_db']:.2f} dB, "
             f"drop **{gt['drop_db']:.3f} dB** (budget <= {gt['max_drop_db']:g} dB)",
         ]
+    if report.get("routing"):
+        from lowlight.compile.routing import to_markdown as routing_lines
+
+        lines += routing_lines(report["routing"])
     lines.append(f"- result: {'PASSED' if report['passed'] else 'FAILED'}")
     samples = [r for r in report.get("per_sample", []) if "psnr_db" in r]
     if samples:

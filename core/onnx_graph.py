@@ -157,11 +157,16 @@ def ort_session(model: "str | Path | bytes", threads: int | None = None, profile
 
     With only the CPU provider, ORT's fallback would retry the same load (printing a
     banner to stdout), so a damaged model would fail twice, noisily: it is off then.
+    `threads` None: $LOWLIGHT_THREADS if set (a process sharing the CPU, e.g. with a
+    camera pipeline or a training run, caps onnxruntime's pool), else all cores.
     """
+    import os
+
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    threads = threads or int(os.environ.get("LOWLIGHT_THREADS") or 0) or None
     if threads:
         opts.intra_op_num_threads = threads
     if profile_prefix:

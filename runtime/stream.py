@@ -127,7 +127,8 @@ class FrameStream:
             return "window", names, set(spec.get("cached", [])), (b, h, w)
         if list(sess.inputs) != ["rgb"]:
             raise InputError(f"this bundle takes inputs {list(sess.inputs)}; a stream feeds RGB frames only",
-                             "compile with --modalities rgb, or call Session.run with every input")
+                             "call the session with every input from Python (lowlight.runtime.load(BUNDLE)(**inputs)); "
+                             "an AMNet bundle streams when compiled with --modalities rgb")
         shape = sess.inputs["rgb"]
         layout = sess.layouts.get("rgb") or ("BTCHW" if len(shape) == 5 else "BCHW")
         if layout == "BTCHW" and len(shape) == 5 and shape[2] == 3:

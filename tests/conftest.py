@@ -55,3 +55,13 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
     out = tmp_path_factory.mktemp("darkdiff") / "tiny.safetensors"
     train("tiny", str(out), steps=4, vae_steps=4, batch=2, eval_images=1, eval_steps=(50, 1), every=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mmaif(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny MMAIF (VAE, flow teacher and regression DiT; `zoo train mmaif --config tiny`, a few steps)."""
+    from lowlight.models.train_mmaif import train
+
+    out = tmp_path_factory.mktemp("mmaif") / "tiny.safetensors"
+    train("tiny", str(out), steps=40, vae_steps=20, reg_steps=10, batch=4, eval_images=1, every=10, progress=False)
+    return out
