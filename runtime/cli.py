@@ -224,7 +224,7 @@ def enhance(
     if not check_darken(darken):
         raise InputError(f"darken must be a finite number in (0, 1], got {darken!r}", "pass e.g. darken=0.25 (it multiplies the input to fake night), or None")
     src, out = Path(input_path), Path(output_path)
-    if _raw_bundle(bundle):
+    if _array_bundle(bundle):
         return enhance_raw(bundle, src, out, backend, quiet, overwrite=overwrite)
     to_video = out.suffix.lower() in VIDEO_SUFFIXES
     live = live_kind(str(input_path)) is not None
@@ -279,27 +279,41 @@ def enhance(
     return result
 
 
-def _raw_bundle(bundle: str) -> bool:
-    """True when the bundle's first input is packed Bayer raw (layout RGGB: DarkDiff)."""
+def _array_bundle(bundle: str) -> str | None:
+    """How a bundle that cannot take a stream of RGB images is fed, or None when it can: "raw" (packed
+    Bayer, layout RGGB: DarkDiff), "named" (several named inputs and no stream window: MMAIF's frame pairs)."""
     import json
 
     try:
         manifest = json.loads((Path(bundle) / "manifest.json").read_text())
-        return str(manifest["inputs"][0].get("layout", "")) == "RGGB"
+        inputs = manifest["inputs"]
+        if str(inputs[0].get("layout", "")) == "RGGB":
+            return "raw"
+        stream = (manifest.get("program") or {}).get("stream")
+        windowed = isinstance(stream, dict) and bool(stream.get("window"))
+        names = [str(i["name"]) for i in inputs]
+        return "named" if len(names) > 1 and not windowed and "rgb" not in names else None
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return False  # the session load reports a damaged bundle
+        return None  # the session load reports a damaged bundle
 
 
 def enhance_raw(bundle: str, src: Path, out: Path, backend: str = "auto", quiet: bool = False, *, overwrite: bool = False) -> RunResult:
-    """Raw frames (`.npz` with `raw` [4,h,w] planes R,Gr,Gb,B black-subtracted and normalised, and `gain` [4])
-    to sRGB PNGs named after each file. The sampler's noise is drawn from the bundle's seed: the caller
-    never passes it. A file, or a folder of them; each frame must have the compiled size (pad on the host)."""
+    """Frames as `.npz` files holding one array per bundle input, to PNGs named after each file.
+
+    DarkDiff: `raw` [4,h,w] (planes R,Gr,Gb,B black-subtracted and normalised) and `gain` [4]; MMAIF:
+    its task's pair, e.g. `under` and `over` [3,H,W] or `visible` [3,H,W] and `infrared` [1,H,W] in [0, 1].
+    A sampler's noise is drawn from the bundle's seed: the caller never passes it. A file, or a folder of
+    them; each frame must have the compiled size (pad on the host)."""
     from lowlight.core.fsio import OutputLock, claim_dir, remove_stale
 
     files = sorted(f for f in src.iterdir() if f.suffix == ".npz" and f.is_file()) if src.is_dir() else [src]
     if not src.exists() or not files or any(f.suffix != ".npz" for f in files):
-        raise InputError(f"{bundle} takes packed Bayer raw frames; {src} is not a .npz file or a folder of them",
-                         "save each frame with numpy.savez(path, raw=planes [4,h,w] (R,Gr,Gb,B, black-subtracted, / (white-black)), gain=[4])")
+        if _array_bundle(bundle) == "raw":
+            raise InputError(f"{bundle} takes packed Bayer raw frames; {src} is not a .npz file or a folder of them",
+                             "save each frame with numpy.savez(path, raw=planes [4,h,w] (R,Gr,Gb,B, black-subtracted, / (white-black)), gain=[4])")
+        names = ", ".join(f"{n}=[{','.join(map(str, shp[1:]))}]" for n, shp in _input_shapes(bundle).items())
+        raise InputError(f"{bundle} takes several inputs per frame; {src} is not a .npz file or a folder of them",
+                         f"save each frame with numpy.savez(path, {names}) (float32 in [0, 1])")
     claim_dir(out, MARKER, OUT_FOLDER, "--output", overwrite=overwrite, inputs=[src, bundle])
     sess = _load_session(bundle, backend, quiet)
     names = list(sess.inputs)
@@ -317,7 +331,7 @@ def enhance_raw(bundle: str, src: Path, out: Path, backend: str = "auto", quiet:
                     with np.load(f, allow_pickle=False) as z:
                         feed = {n: np.asarray(z[n], dtype=np.float32) for n in names}
                 except (OSError, ValueError, KeyError) as exc:
-                    raise InputError(f"{f} cannot be read as a raw frame ({exc})",
+                    raise InputError(f"{f} cannot be read as a frame of this bundle ({exc})",
                                      f"write it with numpy.savez and the arrays {', '.join(names)}") from None
                 for n in names:  # one frame without its batch axis
                     if feed[n].ndim == len(sess.inputs[n]) - 1:
@@ -331,6 +345,15 @@ def enhance_raw(bundle: str, src: Path, out: Path, backend: str = "auto", quiet:
             commit_dir(st, out)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _input_shapes(bundle: str) -> dict[str, list[int]]:
+    import json
+
+    try:
+        return {str(i["name"]): list(i["shape"]) for i in json.loads((Path(bundle) / "manifest.json").read_text())["inputs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _good_frames(source: Source, result: RunResult, strict: bool, out: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -472,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", help="bundle directory written by lowlight-compile")
     p.add_argument("--input", required=True,
                    help="folder of photos, a video file, a V4L2 camera (/dev/video0), an RTSP URL or a GStreamer pipeline "
-                        "ending in appsink (needs an OpenCV built with GStreamer: the pip wheel is not)")
+                        "ending in appsink (needs an OpenCV built with GStreamer: the pip wheel is not); for bundles with "
+                        "raw or several inputs (DarkDiff, MMAIF) a .npz file or a folder of them, one array per input")
     p.add_argument("--output", required=True,
                    help=f"output folder (PNG frames + {MARKER}) or video file (.mp4/.avi...); an existing one is replaced "
                         "only if it is empty or was written by lowlight-run")

@@ -169,6 +169,32 @@ def test_tiny_teacher_distilled_to_one_step_beats_its_own_one_step_euler(tiny_mm
     assert s < 0.7 * t, f"1-step student {s:.5f} vs the teacher's 1-step Euler {t:.5f} (MSE to its 5-step latent)"
 
 
+@pytest.mark.slow
+def test_distill_command_writes_the_student_beside_the_teacher(tiny_mmaif: Path, tmp_path: Path, cache_dir: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`lowlight-compile distill TEACHER --model mmaif --steps 1`: reflow + one-step through the stage; `load(steps=1)`
+    then finds the student beside the teacher; K >= the teacher's 5 steps is refused before any work."""
+    import shutil
+
+    from lowlight.compile.cli import main
+    from lowlight.models import load
+
+    teacher = tmp_path / "t.safetensors"
+    shutil.copy(tiny_mmaif, teacher)
+    out = tmp_path / "t_student1.safetensors"
+    base = ["distill", str(teacher), "--model", "mmaif", "--config", "tiny", "--cache-dir", str(cache_dir), "--batch", "2",
+            "--crop", "32", "--iters", "10"]
+    assert main(base + ["--steps", "5", "--out", str(tmp_path / "no.safetensors")]) == 2
+    assert "1 <= K < 5" in capsys.readouterr().err and not (tmp_path / "no.safetensors").exists()
+    assert main(base + ["--steps", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "reflow" in err and out.is_file()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["steps"] == 1 and record["method"].startswith("reflow")
+    student = load("mmaif", config="tiny", checkpoint=str(teacher), steps=1)
+    assert student.student_steps == 1
+
+
 # -- compiled ----------------------------------------------------------------------------------------
 
 
@@ -275,3 +301,25 @@ def test_bad_compile_inputs_exit_2_with_the_fix(tiny_mmaif: Path, tmp_path: Path
         out = tmp_path / f"out{i}"
         run = subprocess.run(base + extra + ["--out", str(out)], capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and say in run.stderr and not out.exists(), (extra, run.stderr[-400:])
+
+
+@pytest.mark.slow
+def test_lowlight_run_fuses_npz_pairs(tiny_mmaif: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """`lowlight-run` takes a folder of .npz pairs (one array per input) and writes PNGs equal to the session's output."""
+    from PIL import Image
+
+    from lowlight.runtime import load as load_bundle
+    from lowlight.runtime.cli import main
+
+    _compile(tiny_mmaif, tmp_path / "b", cache_dir, family_options={"variant": "regression", "task": "vif"})
+    frames = tmp_path / "pairs"
+    frames.mkdir()
+    feed = _pair("vif")
+    np.savez(frames / "scene_01.npz", **{k: v[0] for k, v in feed.items()})
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "b"), "--input", str(frames), "--output", str(out), "--quiet"]) in (0, None)
+    png = np.asarray(Image.open(out / "scene_01.png"), dtype=np.float32) / 255.0
+    want = load_bundle(tmp_path / "b", verbose=False)(**feed)[0].transpose(1, 2, 0)
+    assert png.shape == (32, 32, 3) and float(np.abs(png - want).max()) <= 1.0 / 255 + 1e-6
+    assert main([str(tmp_path / "b"), "--input", str(tmp_path / "x.png"), "--output", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert not (tmp_path / "o2").exists()
