@@ -12,6 +12,9 @@ at a fixed seed, every shipped prompt, both tasks):
   regression       PyTorch, one pass, no timestep
   compiled 1-step student FP32 / INT8, compiled regression FP32   CPU bundles (onnxruntime)
 
+and each bundle's own verification against PyTorch (PSNR mean / worst, routing agreement), the FP16
+`jetson-orin` bundle (1-step student, unrolled) included.
+
 Latency: median per pair after a warm-up, same threads. Quality: PSNR/SSIM against the
 clean photo, and of the compiled bundles against their PyTorch model.
 
@@ -198,6 +201,18 @@ def main() -> None:
                                               family_options={**fam_opts, "task": task}))
             bundles[(task, f"compiled {label} {prec.upper()} (onnxruntime)")] = (load_bundle(dst, verbose=False), label)
 
+    verified: dict[str, Any] = {}
+    for task in TASKS:  # the FP16 AGX Orin bundle: the 1-step student unrolled into one graph (TensorRT 10.3 decomposes the MoE)
+        dst = out / f"mmaif-{a.config}-{task}-student-{a.size}-orin-fp16"
+        if not (dst / "manifest.json").exists():
+            compile_bundle(CompileOptions(model="mmaif", config=a.config, shape=shape, out=str(dst), precision="fp16",
+                                          target="jetson-orin", calib_frames=16, verify_frames=8, profile_runs=2, quiet=True,
+                                          family_options={"steps": "1", "task": task, "unroll": "yes"}))
+    for dst in sorted(out.glob(f"mmaif-{a.config}-*-{a.size}-*")):
+        v = json.loads((dst / "manifest.json").read_text())["verification"]
+        verified[dst.name] = {"fidelity_psnr_db": round(v["fidelity_psnr_db"], 2), "worst_sample_db": round(v["fidelity_psnr_db_min"], 2),
+                              "routing_agreement": (v.get("routing") or {}).get("agreement"), "passed": v["passed"]}
+
     rows: dict[str, dict[str, list[float]]] = {}
 
     def add(task: str, name: str, ms: float, y: np.ndarray, target: np.ndarray, ref: np.ndarray | None = None) -> None:
@@ -243,7 +258,7 @@ def main() -> None:
         "host": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": datetime.date.today().isoformat(),
         "command": "nice .venv/bin/python benchmarks/mmaif.py " + " ".join(f"--{k} {v}" for k, v in vars(a).items() if k != "out"),
-        "shape": shape, "results": summary,
+        "shape": shape, "results": summary, "bundles_verified_vs_pytorch": verified,
         "expert_dispatch": expert_dispatch(models["student 1"], a.size, a.runs),
     }
     RESULTS.mkdir(exist_ok=True)

@@ -106,9 +106,10 @@ def heldout_pairs(paths: list[Path], crop: int, seed: int = 1234) -> dict[str, l
 
 @torch.no_grad()
 def evaluate(model: MMAIF, pairs: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], steps: tuple[int, ...] = (5, 2, 1),
-             students: dict[int, MMAIF] | None = None) -> dict[str, Any]:
+             students: dict[int, MMAIF] | None = None, sde_g: float | None = None) -> dict[str, Any]:
     """Held-out PSNR/SSIM vs ground truth per task: the input's own (first frame), the VAE bound, the
-    regression model, the teacher's sampler at each of `steps`, and each student; same z_0 (the seed) for all."""
+    regression model, the teacher's sampler at each of `steps`, and each student; same z_0 (the seed) for all.
+    `sde_g`: also the teacher's 5-step SDE form at that g (the paper's stochastic sampler; eps from seed 0)."""
     model.eval()
     scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
@@ -132,6 +133,10 @@ def evaluate(model: MMAIF, pairs: dict[str, list[tuple[np.ndarray, np.ndarray, n
             add(task, "regression", model.vae.decode(model.regress(cond, prompt_emb)), target)
             for k in steps:
                 add(task, f"teacher_{k}", model.vae.decode(model.sample(z0, cond, prompt_emb, k)), target)
+            if sde_g:
+                gen = torch.Generator().manual_seed(0)
+                add(task, f"teacher_{model.cfg.steps}_sde_g{sde_g:g}",
+                    model.vae.decode(model.sample(z0, cond, prompt_emb, model.cfg.steps, g=sde_g, gen=gen)), target)
             for k, s in (students or {}).items():
                 s.eval()
                 add(task, f"student_{k}", s.vae.decode(s.sample(z0, cond, prompt_emb, k)), target)
@@ -317,7 +322,7 @@ def record_students(checkpoint: str, config: str = "small", steps: tuple[int, ..
     _, held = split_photos()
     r = RECIPES[config]
     pairs = heldout_pairs(held[: eval_images or r["eval_images"]], r["eval_crop"])
-    metrics = evaluate(teacher, pairs, (5, 2, 1), students)
+    metrics = evaluate(teacher, pairs, (5, 2, 1), students, sde_g=0.5)
     side = Path(checkpoint).with_suffix(".json")
     record = json.loads(side.read_text()) if side.is_file() else {}
     record["metrics"] = metrics
