@@ -47,6 +47,7 @@ from lowlight.core.errors import LowlightError
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.darkdiff import CONFIGS, DarkDiff, alpha_sigma, build, predict_x0
 from lowlight.models.family import WEIGHTS_DIR
+from lowlight.models.train_loop import save_weights as save
 from lowlight.models.train_loop import split_photos
 from lowlight.models.train_loop import train_loop as _loop
 
@@ -183,17 +184,6 @@ def measure_latent_scale(model: DarkDiff, data: Iterator[dict[str, torch.Tensor]
     model.vae.latent_scale.fill_(1.0)
     vals = torch.cat([model.vae.encode(next(data)["target"] * 2 - 1)[0].flatten() for _ in range(n)])
     return float(1.0 / vals.std().clamp_min(1e-6))
-
-
-def save(model: DarkDiff, out: Path, metadata: dict[str, str]) -> None:
-    """safetensors written beside `out` and renamed into place (no half file under the final name)."""
-    from safetensors.torch import save_file
-
-    from lowlight.core.fsio import staged_file
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with staged_file(out) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
 
 
 def train(

@@ -22,6 +22,17 @@ def split_photos(clean_dir: Path | None = None) -> tuple[list[Path], list[Path]]
     return [p for p in files if p not in held], held
 
 
+def save_weights(model: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:
+    """The model's state_dict as safetensors, staged beside `out` and renamed into place (no half file under the final name)."""
+    from safetensors.torch import save_file
+
+    from lowlight.core.fsio import staged_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged_file(out) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
+
+
 def fmt_time(sec: float) -> str:
     sec = max(0, int(round(sec)))
     return f"{sec // 3600}h{sec % 3600 // 60:02d}m" if sec >= 3600 else f"{sec // 60}m{sec % 60:02d}s"

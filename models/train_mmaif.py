@@ -44,6 +44,7 @@ from lowlight.core.errors import LowlightError
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.family import WEIGHTS_DIR
 from lowlight.models.mmaif import CONFIGS, MMAIF, PROMPT_NAMES, PROMPTS, build, time_grid
+from lowlight.models.train_loop import save_weights as save
 from lowlight.models.train_loop import split_photos, train_loop
 
 #: per config: steps of each stage, batch, crop, learning rates, evaluation and distillation defaults
@@ -199,17 +200,6 @@ def measure_latent_scale(model: MMAIF, data: Iterator[dict[str, torch.Tensor]], 
     """1 / std of the clean latents (posterior mean) over `n` batches."""
     vals = torch.cat([model.vae.posterior(next(data)["target"])[0].flatten() for _ in range(n)])
     return float(1.0 / vals.std().clamp_min(1e-6))
-
-
-def save(model: MMAIF, out: Path, metadata: dict[str, str]) -> None:
-    """safetensors staged beside `out` and renamed into place."""
-    from safetensors.torch import save_file
-
-    from lowlight.core.fsio import staged_file
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with staged_file(out) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
 
 
 def train(
