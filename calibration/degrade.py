@@ -118,3 +118,22 @@ def pseudo_ir(clean_clip: np.ndarray, rng: np.random.Generator | None = None) ->
     if rng is not None:
         ir = ir + rng.standard_normal(ir.shape).astype(np.float32) * 0.01
     return np.clip(ir, 0.0, 1.0)[:, None].astype(np.float32)
+
+
+#: exposure divisors of `linear_low_light` (LOL-like, not SID-extreme: the NAT notes, section 5)
+LINEAR_RATIO = (3.0, 20.0)
+
+
+def linear_low_light(srgb: np.ndarray, rng: np.random.Generator, ratio: tuple[float, float] = LINEAR_RATIO) -> np.ndarray:
+    """A clean HxWx3 sRGB photo darkened in linear light, as a camera would record it, not brightened back.
+
+    Inverse tone curve and gamma (Brooks et al. 2019), exposure / U(ratio), ELD
+    shot and read noise at the sensor's saturation (`raw.dark_exposure`), a
+    white-balance error of up to +-10 % per channel, then the tone curve again.
+    """
+    from lowlight.calibration.raw import dark_exposure, inverse_tone, tone
+
+    lin = inverse_tone(srgb)
+    dark = dark_exposure(lin, float(rng.uniform(*ratio)), rng)
+    wb = rng.uniform(0.9, 1.1, size=3).astype(np.float32)
+    return tone(dark * wb)

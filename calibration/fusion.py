@@ -19,32 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowlight.calibration.raw import SATURATION, sample_noise
+from lowlight.calibration.raw import dark_exposure, inverse_tone, tone
 
 #: prompt -> (exposure divisor range of the dark frame, task)
 _DARK = {"mef-exposure": (4.0, 16.0), "mef-blur": (4.0, 16.0), "vif-lowlight": (4.0, 16.0), "vif-dark": (16.0, 64.0)}
-
-
-def inverse_tone(srgb: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] -> linear light: inverse smoothstep, then gamma 2.2 (Brooks et al. 2019)."""
-    x = np.clip(srgb.astype(np.float32), 0.0, 1.0)
-    lin = 0.5 - np.sin(np.arcsin(1.0 - 2.0 * x) / 3.0)
-    return (np.maximum(lin, 1e-8) ** np.float32(2.2)).astype(np.float32)
-
-
-def tone(lin: np.ndarray) -> np.ndarray:
-    """Linear light -> sRGB: clip, gamma 1/2.2, smoothstep (the inverse of `inverse_tone`)."""
-    x = np.clip(lin, 0.0, 1.0) ** np.float32(1.0 / 2.2)
-    return (x * x * (3.0 - 2.0 * x)).astype(np.float32)
-
-
-def dark_exposure(lin: np.ndarray, divisor: float, rng: np.random.Generator) -> np.ndarray:
-    """Linear light darkened by `divisor` with ELD shot and read noise, quantised to DN; linear, in [0, 1]."""
-    k, read = sample_noise(rng)
-    y = lin.astype(np.float64) * (SATURATION / divisor)
-    z = rng.poisson(y / k).astype(np.float32) * np.float32(k)
-    z += rng.standard_normal(z.shape, dtype=np.float32) * np.float32(read)
-    return np.clip(np.rint(z), 0.0, SATURATION).astype(np.float32) / np.float32(SATURATION)
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:

@@ -298,3 +298,28 @@ def raw_batch(
         "gain": np.stack([p[1] for p in pairs]),
         "target": np.stack([p[2] for p in pairs]),
     }
+
+
+# -- linear light in sRGB terms (the fusion pairs and the linear low-light recipe) ------------------------
+
+
+def inverse_tone(srgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] -> linear light: inverse smoothstep, then gamma 2.2 (Brooks et al. 2019)."""
+    x = np.clip(srgb.astype(np.float32), 0.0, 1.0)
+    lin = 0.5 - np.sin(np.arcsin(1.0 - 2.0 * x) / 3.0)
+    return (np.maximum(lin, 1e-8) ** np.float32(2.2)).astype(np.float32)
+
+
+def tone(lin: np.ndarray) -> np.ndarray:
+    """Linear light -> sRGB: clip, gamma 1/2.2, smoothstep (the inverse of `inverse_tone`)."""
+    x = np.clip(lin, 0.0, 1.0) ** np.float32(1.0 / 2.2)
+    return (x * x * (3.0 - 2.0 * x)).astype(np.float32)
+
+
+def dark_exposure(lin: np.ndarray, divisor: float, rng: np.random.Generator) -> np.ndarray:
+    """Linear light darkened by `divisor` with ELD shot and read noise, quantised to DN; linear, in [0, 1]."""
+    k, read = sample_noise(rng)
+    y = lin.astype(np.float64) * (SATURATION / divisor)
+    z = rng.poisson(y / k).astype(np.float32) * np.float32(k)
+    z += rng.standard_normal(z.shape, dtype=np.float32) * np.float32(read)
+    return np.clip(np.rint(z), 0.0, SATURATION).astype(np.float32) / np.float32(SATURATION)

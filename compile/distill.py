@@ -57,6 +57,16 @@ powers of two):
    online pairs give every iteration a pair never seen before: far more pairs
    for the same compute, no storage, no overfitting to a fixed set.
 
+Method "tokens" (samplers over discrete tokens refined in rounds: NAT on
+GLARE), a discrete analogue of progressive distillation (the NAT notes,
+section 4a): each K-round student starts from the teacher and learns, in one
+stage, to match the teacher's final token distribution (KL from the teacher's
+per-token distribution to the student's, on every token) plus cross-entropy
+against the ground-truth codes and the sampler's image loss. There is no noise
+and no auxiliary model (unlike Di[M]O's one-step distillation of masked
+models): restoration has a strong input. The baseline a student must beat is
+the teacher truncated to K rounds.
+
 Public API: `distill` (in memory), `distill_cached` (the StageCache stage:
 content key over the teacher's sha256, K, the data recipe, the method and the
 options; a killed run leaves no half student), `ddim` (the deterministic
@@ -74,6 +84,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lowlight.compile.cache import StageCache, cache_key
@@ -83,7 +94,7 @@ from lowlight.core.fsio import current_umask
 __all__ = [
     "Sampler", "Distilled", "distill", "distill_cached", "ddim", "ddim_step", "x0_eps", "pd_target",
     "save_student", "load_student", "state_sha256", "check_steps", "distill_key", "distill_options", "student_file", "DEFAULT_KEEP", "METHOD",
-    "METHODS", "method_description",
+    "METHODS", "method_description", "TokenSampler",
 ]
 
 #: the students kept when a run passes through them (the step counts the family compiles)
@@ -93,7 +104,11 @@ METHOD: dict[str, str] = {
     "progressive": "guided+progressive (Meng et al. 2023; Salimans & Ho 2022), v-prediction, truncated-SNR x-loss",
     "reflow": "reflow on teacher couplings + one-step distillation (Liu et al. 2022; InstaFlow, Liu et al. 2023), "
               "flow matching, velocity loss then x-loss",
+    "tokens": "token-distribution distillation: KL to the teacher's final token distribution + ground-truth code CE "
+              "+ image loss, one stage per K-round student",
 }
+#: method "tokens": weight of the ground-truth code cross-entropy beside the KL term
+TOKEN_CE_WEIGHT = 0.5
 #: the method names `distill` takes
 METHODS = tuple(METHOD)
 
@@ -225,8 +240,8 @@ def check_steps(steps: int, start_steps: int = 64, *, method: str = "progressive
     with K Euler steps), `start_steps` unused.
     """
     method_description(method)
-    if method == "reflow":
-        _check_reflow_steps(steps, teacher_steps)
+    if method in ("reflow", "tokens"):
+        _check_reflow_steps(steps, teacher_steps, "reflow" if method == "reflow" else "token distillation")
         return
 
     def pow2(n: int) -> bool:
@@ -240,14 +255,14 @@ def check_steps(steps: int, start_steps: int = 64, *, method: str = "progressive
                             f"use --steps with one of: {', '.join(str(start_steps >> i) for i in range(start_steps.bit_length()) if start_steps >> i <= 8)}")
 
 
-def _check_reflow_steps(steps: int, teacher_steps: int | None) -> None:
+def _check_reflow_steps(steps: int, teacher_steps: int | None, how: str = "reflow") -> None:
     if teacher_steps is not None and (not isinstance(teacher_steps, int) or teacher_steps < 2):
-        raise LowlightError(f"the reflow teacher samples in {teacher_steps} step(s): there is no smaller step count to distill to",
+        raise LowlightError(f"the {how} teacher samples in {teacher_steps} step(s): there is no smaller step count to distill to",
                             "set 'teacher_steps' (distill_setup) to the teacher sampler's step count, 2 or more")
     if not isinstance(steps, int) or steps < 1 or (teacher_steps is not None and steps >= teacher_steps):
         bound = f"1 <= K < {teacher_steps}, the teacher's steps" if teacher_steps is not None else "K >= 1"
         choices = ", ".join(map(str, range(1, teacher_steps))) if teacher_steps is not None else "1, 2, 4"
-        raise LowlightError(f"--steps {steps} cannot be distilled by reflow from this teacher (needs {bound})",
+        raise LowlightError(f"--steps {steps} cannot be distilled by {how} from this teacher (needs {bound})",
                             f"use --steps with one of: {choices}")
 
 
@@ -500,6 +515,79 @@ def _reflow(
     return kept, log, clock
 
 
+# -- method "tokens": a K-round student matches the teacher's final token distribution --------------------
+
+
+@runtime_checkable
+class TokenSampler(Protocol):
+    """What method "tokens" needs of a teacher or student that refines discrete tokens in rounds.
+
+    - `condition(**batch)`: what the rounds need from one batch, computed once (NAT: the
+      aligned low-light latent and the encoder's features), without gradients;
+    - `refine(cond) -> {"logits": [B, N, V], "tokens": [B, N]}`: its own number of rounds;
+      "logits" are, per token, those of the round that last set it (differentiable);
+    - `clean_tokens(**batch) -> [B, N]`: the ground-truth codes;
+    - `make_student(steps)`, `trained_modules()` as for `Sampler`;
+    - optional `image_loss(out, cond, batch) -> Tensor`: a scalar added to the student's loss.
+    """
+
+    def condition(self, **batch: Tensor) -> Any: ...
+
+    def refine(self, cond: Any) -> dict[str, Tensor]: ...
+
+    def clean_tokens(self, **batch: Tensor) -> Tensor: ...
+
+    def make_student(self, steps: int) -> "TokenSampler": ...
+
+    def trained_modules(self) -> Mapping[str, nn.Module]: ...
+
+
+def _check_tokens(s: Any) -> None:
+    missing = [m for m in ("condition", "refine", "clean_tokens", "make_student", "trained_modules") if not callable(getattr(s, m, None))]
+    if missing:
+        raise LowlightError(f"token distillation needs a sampler with {', '.join(missing)}, and this one has none of those",
+                            "implement lowlight.compile.distill.TokenSampler, or distill a diffusion/flow sampler with "
+                            "method 'progressive' or 'reflow'")
+
+
+def _token_loss(student: Any, teacher: Any, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor:
+    """KL(teacher's final distribution || student's) on every token + CE against the ground-truth codes + image loss."""
+    with torch.no_grad():
+        cond = teacher.condition(**batch)
+        want = torch.log_softmax(teacher.refine(cond)["logits"].float(), dim=-1)
+        gt = teacher.clean_tokens(**batch)
+    out = student.refine(cond)
+    logp = torch.log_softmax(out["logits"].float(), dim=-1)
+    kl = (want.exp() * (want - logp)).sum(-1).mean()
+    loss = kl + TOKEN_CE_WEIGHT * F.nll_loss(logp.flatten(0, -2), gt.flatten())
+    extra = getattr(student, "image_loss", None)
+    if callable(extra):
+        loss = loss + extra(out, cond, batch)
+    return loss
+
+
+def _token_distill(
+    teacher: Any, steps: int, batches: Iterator[dict[str, Tensor]], *, teacher_steps: int | None, iters: int, lr: float,
+    keep: tuple[int, ...], gen: torch.Generator, every: int, grad_clip: float, progress: Callable[[str], Any],
+) -> tuple[dict[int, Any], list[_Round], _Clock]:
+    """Method "tokens": one stage per kept K (largest first), each student initialised from the teacher."""
+    _check_tokens(teacher)
+    kept_k = sorted(_reflow_kept(steps, keep, teacher_steps), reverse=True)
+    clock = _Clock(iters * len(kept_k))
+    progress(f"distill: {teacher_steps or 'the teacher'}-round teacher -> K = {', '.join(map(str, kept_k))} by token-distribution "
+             f"distillation, {clock.total} iterations")
+    kept: dict[int, Any] = {}
+    log: list[_Round] = []
+    for i, k in enumerate(kept_k, 1):
+        student = teacher.make_student(k)
+        rnd = _Round(f"{teacher_steps}->{k}", iters)
+        _train(student, teacher, batches, iters, lr, _token_loss, gen, rnd, clock,
+               f"stage {i}/{len(kept_k)} ({k} round{'s' if k > 1 else ''})", every, progress, grad_clip)
+        log.append(rnd)
+        kept[k] = student
+    return kept, log, clock
+
+
 def distill(
     teacher: Sampler,
     steps: int,
@@ -541,7 +629,10 @@ def distill(
     check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # anything the sampler draws itself (e.g. a training-time null condition)
-    if method == "reflow":
+    if method == "tokens":
+        kept, log, clock = _token_distill(teacher, steps, batches, teacher_steps=teacher_steps, iters=iters_per_round, lr=lr,
+                                          keep=keep, gen=gen, every=every, grad_clip=grad_clip, progress=progress)
+    elif method == "reflow":
         _check_flow(teacher)
         kept, log, clock = _reflow(teacher, steps, batches, teacher_steps=teacher_steps, iters=iters_per_round, lr=lr, keep=keep,
                                    gen=gen, every=every, grad_clip=grad_clip, progress=progress)
@@ -671,7 +762,7 @@ def distill_options(
     ("reflow": `teacher_steps`, not `start_steps` or `guided_iters`; "progressive" as before).
     """
     desc = method_description(method)
-    if method == "reflow":
+    if method in ("reflow", "tokens"):
         kept = _reflow_kept(steps, keep, teacher_steps)
         return {"steps": min(kept), "teacher_steps": teacher_steps, "iters_per_round": iters_per_round, "lr": lr,
                 "keep": kept, "seed": seed, "data": data, "method": desc}

@@ -47,7 +47,7 @@ from lowlight.core.errors import LowlightError
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.darkdiff import CONFIGS, DarkDiff, alpha_sigma, build, predict_x0
 from lowlight.models.family import WEIGHTS_DIR
-from lowlight.models.train_loop import save_weights as save
+from lowlight.models.train_loop import load_photos, save_weights as save
 from lowlight.models.train_loop import split_photos
 from lowlight.models.train_loop import train_loop as _loop
 
@@ -65,14 +65,6 @@ DROP = 0.15  # CFG: probability that the condition is replaced by pure Gaussian 
 # -- data ------------------------------------------------------------------------------------------
 
 
-def _photos(paths: list[Path], crop: int) -> list[np.ndarray]:
-    photos = [f for p in paths for f in load_frames(p)]
-    fit = [p for p in photos if min(p.shape[:2]) >= crop]
-    if not fit:
-        raise LowlightError(f"no training photo is at least {crop}x{crop}", "use a smaller --crop")
-    return fit
-
-
 def _torch(b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
 
@@ -86,7 +78,7 @@ def batches(photos: list[np.ndarray], batch: int, crop: int, seed: int) -> Itera
 
 def lazy_batches(paths: list[Path], batch: int, crop: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """`batches` over photos read on the first draw (a cached distillation reads none)."""
-    yield from batches(_photos(paths, crop), batch, crop, seed)
+    yield from batches(load_photos(paths, crop), batch, crop, seed)
 
 
 def data_description(paths: list[Path], batch: int, crop: int, seed: int) -> str:
@@ -242,7 +234,7 @@ def train(
         load_state_dict_into(model, init, what=f"darkdiff config {config!r}")
     say(f"darkdiff {config}: {sum(p.numel() for p in model.parameters()):,} parameters; {len(train_paths)} training photos, "
         f"{len(held_paths)} held out; stage 1 {vae_steps} steps, stage 2 {steps} steps of {batch} x {crop}^2 Bayer")
-    data = batches(_photos(train_paths, crop), batch, crop, seed)  # photos read now: the ETA counts training only
+    data = batches(load_photos(train_paths, crop), batch, crop, seed)  # photos read now: the ETA counts training only
     t0 = time.time()
     model.train()
     log: dict[str, Any] = {}

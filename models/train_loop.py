@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from lowlight.calibration.data import shared_data_dir
@@ -20,6 +21,18 @@ def split_photos(clean_dir: Path | None = None) -> tuple[list[Path], list[Path]]
     files = sorted(p for p in Path(clean_dir).iterdir() if p.suffix.lower() == ".png")
     held = [p for i, p in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_OFFSET]
     return [p for p in files if p not in held], held
+
+
+def load_photos(paths: list[Path], crop: int) -> list[np.ndarray]:
+    """The photos at `paths` (HxWx3 float32 in [0, 1]) that are at least `crop` on each side; LowlightError if none is."""
+    from lowlight.calibration.frames import load_frames
+    from lowlight.core.errors import LowlightError
+
+    photos = [f for p in paths for f in load_frames(p)]
+    fit = [p for p in photos if min(p.shape[:2]) >= crop]
+    if not fit:
+        raise LowlightError(f"no training photo is at least {crop}x{crop}", "use a smaller --crop")
+    return fit
 
 
 def save_weights(model: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:

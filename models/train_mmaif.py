@@ -44,7 +44,7 @@ from lowlight.core.errors import LowlightError
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.family import WEIGHTS_DIR
 from lowlight.models.mmaif import CONFIGS, MMAIF, PROMPT_NAMES, PROMPTS, build, time_grid
-from lowlight.models.train_loop import save_weights as save
+from lowlight.models.train_loop import load_photos, save_weights as save
 from lowlight.models.train_loop import split_photos, train_loop
 
 #: per config: steps of each stage, batch, crop, learning rates, evaluation and distillation defaults
@@ -61,14 +61,6 @@ AUX = 0.5  # weight of the regression model's decoded-image L1
 # -- data --------------------------------------------------------------------------------------------
 
 
-def _photos(paths: list[Path], crop: int) -> list[np.ndarray]:
-    photos = [f for p in paths for f in load_frames(p)]
-    fit = [p for p in photos if min(p.shape[:2]) >= crop]
-    if not fit:
-        raise LowlightError(f"no training photo is at least {crop}x{crop}", "use a smaller --crop")
-    return fit
-
-
 def batches(photos: list[np.ndarray], batch: int, crop: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless {"x0", "x1", "target", "prompt"} batches over all shipped prompts (both tasks)."""
     rng = np.random.default_rng(seed)
@@ -79,7 +71,7 @@ def batches(photos: list[np.ndarray], batch: int, crop: int, seed: int) -> Itera
 
 def lazy_batches(paths: list[Path], batch: int, crop: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
     """`batches` over photos read on the first draw (a cached distillation reads none)."""
-    yield from batches(_photos(paths, crop), batch, crop, seed)
+    yield from batches(load_photos(paths, crop), batch, crop, seed)
 
 
 def data_description(paths: list[Path], batch: int, crop: int, seed: int) -> str:
@@ -216,12 +208,15 @@ def train(
     threads: int | None = None,
     eval_images: int | None = None,
     every: int | None = None,
+    init: str | None = None,
     progress: Callable[[str], Any] | bool = True,
     **_: Any,
 ) -> dict[str, Any]:
     """Train MMAIF `config`: VAE (`vae_steps`), flow teacher (`steps`), regression model (`reg_steps`).
 
-    Writes `out` (safetensors with both DiTs, the VAE and the prompt table) and
+    `init`: continue from these weights (the VAE, its latent scale and both DiTs; `vae_steps`
+    defaults to 0 then, and each stage's steps are added to the ones its JSON records, when it
+    has one). Writes `out` (safetensors with both DiTs, the VAE and the prompt table) and
     `out`.json (command, time, held-out PSNR/SSIM per task). Returns the JSON's content.
     """
     if config not in RECIPES:
@@ -230,7 +225,7 @@ def train(
     r = RECIPES[config]
     say: Callable[[str], Any] = progress if callable(progress) else (print if progress else (lambda s: None))
     steps = r["steps"] if steps is None else steps
-    vae_steps = r["vae_steps"] if vae_steps is None else vae_steps
+    vae_steps = (0 if init else r["vae_steps"]) if vae_steps is None else vae_steps
     reg_steps = r["reg_steps"] if reg_steps is None else reg_steps
     batch, crop, seed = batch or r["batch"], crop or r["crop"], 0 if seed is None else seed
     lr = lr or r["lr"]
@@ -244,10 +239,14 @@ def train(
     out_path = Path(out) if out else WEIGHTS_DIR / f"mmaif_{config}.safetensors"
     train_paths, held_paths = split_photos()
     model = build(config)
+    before: dict[str, Any] = {}
+    if init:
+        before = _continue_from(model, init, config)
+        say(f"continuing from {init} ({', '.join(f'{k} {v}' for k, v in before.get('stages', {}).items()) or 'no record of its training'})")
     say(f"mmaif {config}: DiT {sum(p.numel() for p in model.flow.parameters()):,} parameters (x2: flow and regression), VAE "
         f"{sum(p.numel() for p in model.vae.parameters()):,}; {len(train_paths)} training photos, {len(held_paths)} held out; "
         f"VAE {vae_steps}, flow {steps}, regression {reg_steps} steps of {batch} x {crop}^2")
-    data = batches(_photos(train_paths, crop), batch, crop, seed)
+    data = batches(load_photos(train_paths, crop), batch, crop, seed)
     t0 = time.time()
     model.train()
     log: dict[str, Any] = {}
@@ -267,6 +266,10 @@ def train(
         log["regression"] = train_loop("stage 3 (regression DiT)", reg_steps, list(model.regression.parameters()), lr,
                                        lambda i: regression_losses(model, next(data), cfg.balance), say, every)
     seconds = time.time() - t0
+    if before:
+        # the record describes the weights, so it carries the steps and time of what they were trained from
+        for name, stage in (("vae", "vae_steps"), ("flow", "steps"), ("regression", "reg_steps")):
+            log[name] = before.get("log", {}).get(name, []) + [{**e, "step": e["step"] + before["stages"].get(stage, 0)} for e in log.get(name, [])]
     model.flow.collect_balance(False)
     model.regression.collect_balance(False)
     model.eval()
@@ -276,10 +279,17 @@ def train(
     options = {"config": config, "steps": steps, "vae_steps": vae_steps, "reg_steps": reg_steps, "batch": batch, "crop": crop,
                "seed": seed, "lr": lr, "kl_weight": KL_WEIGHT, "aux": AUX, "balance": cfg.balance,
                "latent_scale": round(float(model.vae.scale), 6), "g": cfg.g, "prompts": list(PROMPT_NAMES)}
+    sessions = [*before.get("sessions", []), {"init": init, "vae_steps": vae_steps, "steps": steps, "reg_steps": reg_steps, "lr": lr,
+                                              "train_seconds": round(seconds, 1), "threads": torch.get_num_threads()}]
+    if before:
+        for stage in ("vae_steps", "steps", "reg_steps"):
+            options[stage] = before["stages"].get(stage, 0) + options[stage]
     record = {
         "command": "lowlight-compile " + " ".join(map(shlex.quote, sys.argv[1:])) if Path(sys.argv[0]).name == "lowlight-compile"
-        else f"lowlight.models.train_mmaif.train({', '.join(f'{k}={v!r}' for k, v in options.items() if k in ('config', 'steps', 'vae_steps', 'reg_steps', 'batch', 'crop', 'seed'))})",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+        else f"lowlight.models.train_mmaif.train({', '.join(f'{k}={v!r}' for k, v in options.items() if k in ('config', 'steps', 'vae_steps', 'reg_steps', 'batch', 'crop', 'seed'))})" if not init
+        else " then ".join(f"train({', '.join(f'{k}={v!r}' for k, v in sess.items() if k not in ('train_seconds', 'threads') and v is not None)})" for sess in sessions),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "train_seconds": round(seconds + before.get("train_seconds", 0.0), 1),
+        "threads": torch.get_num_threads(), "sessions": sessions,
         "options": options, "parameters": sum(p.numel() for p in model.parameters()),
         "prompts": {n: {"task": t, "text": d} for n, (t, d) in PROMPTS.items()},
         "held_out": [p.name for p in held_paths], "eval": {"pairs_per_prompt": len(next(iter(pairs.values()))), "crop": r["eval_crop"], "seed": 1234},
@@ -291,6 +301,29 @@ def train(
         say(f"held-out {task}: " + ", ".join(f"{k} {m['psnr']:.2f} dB" for k, m in by.items()))
     say(f"wrote {out_path} ({seconds / 60:.1f} min)")
     return record
+
+
+def _continue_from(model: MMAIF, init: str, config: str) -> dict[str, Any]:
+    """Load `init` into `model` (strictly: every tensor of the config) and return what its JSON says of its training."""
+    from safetensors.torch import load_file
+
+    path = Path(init)
+    if not path.is_file():
+        raise LowlightError(f"--init {init}: no such file", "give the MMAIF safetensors to continue from (e.g. models/weights/mmaif_small.safetensors)")
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LowlightError(f"--init {init} is not an MMAIF {config} checkpoint ({len(missing)} tensors missing, {len(unexpected)} unexpected, "
+                            f"e.g. {(missing or unexpected)[0]})", f"continue from weights trained with --config {config}")
+    meta = path.with_suffix(".json")
+    if not meta.is_file():
+        return {"stages": {}}
+    rec = json.loads(meta.read_text())
+    opts = rec.get("options", {})
+    sessions = rec.get("sessions") or [{"init": None, **{k: opts.get(k) for k in ("vae_steps", "steps", "reg_steps", "lr")},
+                                        "train_seconds": rec.get("train_seconds"), "threads": rec.get("threads")}]
+    return {"stages": {k: int(opts.get(k) or 0) for k in ("vae_steps", "steps", "reg_steps")}, "log": rec.get("log", {}),
+            "train_seconds": float(rec.get("train_seconds") or 0.0), "sessions": sessions}
 
 
 def record_students(checkpoint: str, config: str = "small", steps: tuple[int, ...] = (2, 1), eval_images: int | None = None,

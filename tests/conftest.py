@@ -9,6 +9,10 @@ import pytest
 from lowlight.calibration.data import SAMPLES_DIR, shared_data_dir
 
 TINY_SHAPE = "1x4x3x64x64"
+# The suite's cpu bundles are onnxruntime bundles (their tests read model.onnx): with OpenVINO installed,
+# --backend auto would time both backends and ship whichever is faster under load that moment.
+# tests/test_openvino.py passes backend= explicitly.
+os.environ.setdefault("LOWLIGHT_BACKEND", "onnxruntime")
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +58,16 @@ def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
 
     out = tmp_path_factory.mktemp("darkdiff") / "tiny.safetensors"
     train("tiny", str(out), steps=4, vae_steps=4, batch=2, eval_images=1, eval_steps=(50, 1), every=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_nat(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A tiny NAT on GLARE (VQ, low-light encoder, NAT teacher, AFT decoder; `zoo train nat --config tiny`, a few steps)."""
+    from lowlight.models.train_nat import train
+
+    out = tmp_path_factory.mktemp("nat") / "tiny.safetensors"
+    train("tiny", str(out), steps=60, vq_steps=60, enc_steps=40, dec_steps=20, batch=4, eval_images=1, every=20, progress=False)
     return out
 
 
