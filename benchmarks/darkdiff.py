@@ -22,13 +22,13 @@ import argparse
 import datetime
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import timed, write_result
+
 
 
 def held_out_pairs(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -39,16 +39,6 @@ def held_out_pairs(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     return [(r[None].astype(np.float32), g[None].astype(np.float32), t[None].astype(np.float32))
             for r, g, t in heldout_pairs(split_photos()[1], size)]
 
-
-def timed(fn, runs: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
-    """Median seconds of `runs` calls (after one warm-up) and the last result."""
-    out = fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), out
 
 
 def main() -> None:
@@ -127,11 +117,7 @@ def main() -> None:
         "results": summary,
         "orin_fp16_roofline": {k2: roof.get(k2) for k2 in ("gflops", "bound_ms", "roundtrip_ms", "limit") if k2 in roof},
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"darkdiff-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    print(f"written {path}")
+    write_result("darkdiff", result)
 
 
 if __name__ == "__main__":

@@ -32,25 +32,15 @@ import datetime
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import timed, write_result
 
 
-def timed(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    """Median seconds of `runs` calls (after one warm-up) and the last result."""
-    out = fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), out
 
 
 def dispatch_lowering(model: Any) -> Any:
@@ -261,11 +251,7 @@ def main() -> None:
         "shape": shape, "results": summary, "bundles_verified_vs_pytorch": verified,
         "expert_dispatch": expert_dispatch(models["student 1"], a.size, a.runs),
     }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"mmaif-{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
-    print(f"written {path}")
+    write_result("mmaif", result)
 
 
 if __name__ == "__main__":

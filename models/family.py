@@ -258,6 +258,11 @@ class Family:
         (MMAIF: its prompts). Default: nothing."""
         return []
 
+    def needs_student(self, steps: int) -> bool:
+        """Whether a compile at `--{distill_option} steps` runs a distilled student (distilling one when none
+        lies beside the teacher). Default: every step count but the teacher's own."""
+        return steps != self.teacher_steps
+
     @staticmethod
     def student_path(teacher: Path, steps: int) -> Path:
         """Where the K-step student of `teacher` is looked for: beside it, `<stem>_student<K>.safetensors`

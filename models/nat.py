@@ -341,13 +341,13 @@ class NATGlare(nn.Module):
     """`model(rgb=[B,3,H,W] in [0,1])` -> enhanced [B,3,H,W] (and the final `tokens` [B,N] with `return_tokens=True`).
 
     `rounds`: refinement rounds (`cfg.rounds` the teacher; 0 plain retrieval).
-    `student_rounds` is set when a distilled student's NAT is loaded."""
+    `student_steps` is set when a distilled student's NAT is loaded."""
 
     def __init__(self, cfg: NATConfig, rounds: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.rounds = cfg.rounds if rounds is None else int(rounds)
-        self.student_rounds: int | None = None
+        self.student_steps: int | None = None
         self.encoder = Encoder(cfg.ch, cfg.ch_mult, cfg.res_blocks, cfg.embed_dim)         # normal-light VQ encoder (training only)
         self.codebook = Codebook(cfg.codes, cfg.embed_dim)
         self.lookup = Lookup()
@@ -385,7 +385,7 @@ class NATGlare(nn.Module):
         change the tokens its own masks name could not reach them. The teacher (and its truncation) follow
         the slides' rule: only masked tokens change."""
         if decide_all is None:
-            decide_all = self.student_rounds is not None
+            decide_all = self.student_steps is not None
         idx, logits0 = self.retrieve(z_ll)
         decided = logits0
         mask = self.entropy(logits0) > self.tau
@@ -493,6 +493,10 @@ class NATFamily(Family):
     keep_float = KeepFloat(boundary_convs=True, op_types=("ArgMax", "ArgMin", "Softmax", "LogSoftmax", "Exp", "Gather", "Where"),
                            module_patterns=(r"\.codebook$", r"\.entropy$", r"\.nat\.head$", r"\.lookup$"))
 
+    def needs_student(self, steps: int) -> bool:
+        """K = 0 (plain retrieval) and the teacher's 4 rounds run no student."""
+        return steps not in (0, self.teacher_steps)
+
     def build(self, config: str, steps: str | int | None = None, **_: Any) -> NATGlare:
         return build(config, steps)
 
@@ -518,7 +522,7 @@ class NATFamily(Family):
             from lowlight.core.errors import CheckpointError
 
             raise CheckpointError(f"student {path.name} does not fit nat config {config!r}", "distill a student of this config")
-        model.student_rounds = model.rounds = k
+        model.student_steps = model.rounds = k
         return [f"{k}-round student {path.name} (distilled from this teacher)"]
 
     def default_shape(self, config: str, **options: str) -> str:

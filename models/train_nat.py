@@ -382,7 +382,7 @@ def record_students(checkpoint: str, config: str = "small", steps: tuple[int, ..
     students = {}
     for k in steps:
         s = load("nat", config=config, checkpoint=checkpoint, steps=k)
-        if s.student_rounds != k:
+        if s.student_steps != k:
             raise LowlightError(f"no {k}-round student beside {checkpoint}",
                                 f"lowlight-compile distill {checkpoint} --model nat --steps {k} --out "
                                 f"{Path(checkpoint).with_name(Path(checkpoint).stem + f'_student{k}.safetensors')}")
@@ -407,7 +407,7 @@ def record_students(checkpoint: str, config: str = "small", steps: tuple[int, ..
 class NATSampler:
     """The NAT teacher (or a K-round student) as a `lowlight.compile.distill.TokenSampler`.
 
-    Students are deep copies with `rounds = student_rounds = K`; only the NAT trains (the
+    Students are deep copies with `rounds = student_steps = K`; only the NAT trains (the
     encoders, the codebook and the decoder stay the teacher's)."""
 
     def __init__(self, model: NATGlare) -> None:
@@ -431,7 +431,7 @@ class NATSampler:
 
     def make_student(self, steps: int) -> "NATSampler":
         m = copy.deepcopy(self.model).requires_grad_(False)
-        m.student_rounds = m.rounds = int(steps)
+        m.student_steps = m.rounds = int(steps)
         return NATSampler(m)
 
     def trained_modules(self) -> dict[str, torch.nn.Module]:

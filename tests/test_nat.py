@@ -99,11 +99,21 @@ def test_load_steps(tiny_nat: Path) -> None:
 
     for k in (4, 3, 2, 1, 0):
         m = load("nat", config="tiny", checkpoint=str(tiny_nat), steps=k)
-        assert isinstance(m, N.NATGlare) and m.rounds == k and m.student_rounds is None and not m.training
+        assert isinstance(m, N.NATGlare) and m.rounds == k and m.student_steps is None and not m.training
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         out = load("nat", config="tiny", checkpoint=str(tiny_nat), steps=2)(rgb=x)
     assert out.shape == x.shape
+
+
+def test_compile_plan_distills_only_for_student_round_counts(tiny_nat: Path) -> None:
+    """--steps 0 (plain retrieval) and 4 (the teacher) compile as they are; 1..3 need a student (the distill stage)."""
+    from lowlight.compile.plan import family_plan
+
+    fam = N.NATFamily()
+    for k, distills in ((0, False), (4, False), (2, True), (3, True)):
+        plan = family_plan(fam, "tiny", {"steps": str(k)}, SHAPE, str(tiny_nat))
+        assert (plan.prepare is not None) == distills, k
 
 
 # -- export ---------------------------------------------------------------------------------------------
@@ -312,8 +322,8 @@ def test_distill_command_writes_the_student_beside_the_teacher(tiny_nat: Path, t
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["steps"] == 2 and record["method"].startswith("token")
     student = load("nat", config="tiny", checkpoint=str(teacher), steps=2)
-    assert student.student_rounds == 2 and student.rounds == 2
+    assert student.student_steps == 2 and student.rounds == 2
     truncated = load("nat", config="tiny", checkpoint=str(teacher), steps=2, student=False)
-    assert truncated.student_rounds is None
+    assert truncated.student_steps is None
     diff = [float((a - b).abs().max()) for a, b in zip(student.nat.parameters(), truncated.nat.parameters())]
     assert max(diff) > 0
