@@ -466,8 +466,8 @@ def parse_shape(shape: str, config: str) -> tuple[int, int, int, int]:
         side = int(math.isqrt(cfg.max_tokens)) * m
         raise ShapeError(f"--shape {shape} gives a latent of {n} tokens; the NAT's global attention is compiled for at most "
                          f"{cfg.max_tokens} ({n}^2 attention scores per head and round)",
-                         f"compile at most {side}x{side} (e.g. --shape {b}x3x{side}x{side}) and run larger frames in tiles "
-                         f"(lowlight-run --tile {side})")
+                         f"compile at most {side}x{side} (e.g. --shape {b}x3x{side}x{side}); lowlight-run and the runtime "
+                         f"session enhance larger frames in overlapping tiles of the compiled size")
     return b, 3, h, w
 
 
