@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned, for dev/CI only: this machine has the 2.13.0 CPU wheel
 	# on disk (pip find-links); an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
+	# [dev] includes [openvino] (openvino>=2025.1): the OpenVINO backend's tests run in CI
 	$(BIN)/pip install -q -e ".[dev]"
 	# static TensorRT checks only: the stubs' own dependency is the real TensorRT,
 	# which cannot be installed here

@@ -26,7 +26,12 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     p.add_argument("--target", default="cpu", help="deployment target (see `lowlight-compile targets`)")
     p.add_argument("--trt-version", default=None, help="override the target's TensorRT version, e.g. 11.4")
     p.add_argument("--dla", action="store_true", help="Jetson: plan for a DLA core with GPU fallback")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None, help="default: fp32 on cpu, fp16 on GPU targets")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "bf16"], default=None,
+                   help="default: fp32 on cpu, fp16 on GPU targets; bf16: cpu target, OpenVINO, on a processor with AVX512-BF16/AMX")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino"], default=None,
+                   help="cpu target: the runtime the bundle is built and verified for; auto builds the precision on every backend "
+                        "installed here (openvino: pip install 'lowlight-compile[openvino]'), verifies each, times them "
+                        "interleaved and keeps the fastest that meets --min-fidelity (default: $LOWLIGHT_BACKEND if set, else auto)")
     p.add_argument("--calib", default=None, help="calibration frames (DIR or VIDEO) for int8 (default: the shipped sample frames)")
     p.add_argument("--verify-data", default=None, help="held-out frames (DIR or VIDEO) for verification (default: ../shared/data/lowlight_real)")
     p.add_argument("--ground-truth", default=None, help="folder of clean photos: also verify on synthetic low-light pairs made from them")
@@ -75,11 +80,16 @@ def run(a: argparse.Namespace) -> int:
         family_options=family_options, min_fidelity=a.min_fidelity, max_drop=a.max_drop, int8_engine=a.int8_engine,
         calib_frames=a.calib_frames, verify_frames=a.verify_frames, force=a.force, cache_dir=a.cache_dir,
         trt_version=a.trt_version, dla=a.dla, profile_runs=a.profile_runs, quiet=a.quiet, pixel_format=a.pixel_format,
+        backend=a.backend,
     )
     r = compile_bundle(opts)
     v = r.verification
     print(f"\nbundle: {r.bundle}")
-    print(f"  target {r.manifest['target']}, precision {r.manifest['precision']}, inputs {[i['name'] + str(i['shape']) for i in r.manifest['inputs']]}")
+    print(f"  target {r.manifest['target']}, precision {r.manifest['precision']}, backend {r.manifest.get('backend', r.manifest['runtime'])}, "
+          f"inputs {[i['name'] + str(i['shape']) for i in r.manifest['inputs']]}")
+    sel = r.manifest.get("backend_selection")
+    if sel and len(sel.get("candidates", [])) > 1:
+        print(f"  backend choice: {sel['chosen']}: {sel['reason']}")
     line = f"  verification: {v['fidelity_psnr_db']:.2f} dB / SSIM {v['fidelity_ssim']:.4f} vs {v.get('reference', 'FP32 PyTorch')}"
     if "ground_truth" in v:
         line += f"; {v['ground_truth']['drop_db']:+.3f} dB drop vs ground truth"

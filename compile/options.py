@@ -32,6 +32,9 @@ class CompileOptions:
     profile_runs: int = 20
     quiet: bool = False
     pixel_format: str | None = None  # bgr24|rgb24|nv12|yuyv: camera bytes converted inside the graph
+    # auto|onnxruntime|openvino (cpu target): auto builds every backend it can and keeps the fastest that verifies.
+    # None: $LOWLIGHT_BACKEND where the target offers that backend (a fleet or CI pinned to one runtime), else auto.
+    backend: str | None = None
 
     def cache_path(self) -> Path:
         import os

@@ -82,6 +82,7 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
     t_start = time.perf_counter()
     target = get_target(opts.target, opts.trt_version)
     precision = target.resolve_precision(opts.precision)
+    choice = _backend_choice(target, precision, opts)  # refuses a bad --backend/bf16 before any work
     if opts.shape is not None and not str(opts.shape).strip():
         raise ShapeError("--shape is empty", "omit --shape for the model's default, or give one like 1x8x3x256x256")
     onnx_in = opts.checkpoint is not None and str(opts.checkpoint).lower().endswith(".onnx")
@@ -123,12 +124,39 @@ def compile_bundle(opts: CompileOptions) -> CompileResult:
         for p in remove_stale(out):
             if not opts.quiet:
                 print(f"removed the leftover of an interrupted run: {p}", file=sys.stderr)
-        return _build(opts, make_plan, target, precision, out, t_start, fam)
+        return _build(opts, make_plan, target, precision, out, t_start, fam, choice)
+
+
+def _backend_choice(target: Any, precision: str, opts: CompileOptions) -> dict[str, Any]:
+    """Which (backend, precision) candidates to build, from --backend, --precision and what is installed.
+
+    Targets without a backend choice (TensorRT) build their runtime only. On the cpu target see
+    `lowlight.compile.openvino.candidates_for`; bf16 also needs the host's BF16 (refused here, before any work).
+    """
+    asked = opts.backend
+    if asked is None:  # not given: $LOWLIGHT_BACKEND where this target offers it (it pins cpu builds, not TensorRT ones)
+        import os
+
+        env = os.environ.get("LOWLIGHT_BACKEND", "")
+        asked = env if env in target.backends else "auto"
+    backend = target.resolve_backend(asked)
+    if not target.backends:
+        return {"mode": "fixed", "candidates": [(target.runtime, precision)], "left_out": [], "bf16": None}
+    from lowlight.compile import openvino as ovc
+
+    missing = ovc.openvino_missing()
+    want, left_out = ovc.candidates_for(precision, backend, missing, opts.pixel_format)
+    bf16 = ovc.bf16_support()
+    if precision == "bf16":
+        ovc.require_bf16(bf16)
+    mode = "forced" if backend != "auto" else ("auto" if len(want) > 1 else "only")
+    return {"mode": mode, "candidates": want, "left_out": left_out, "bf16": bf16}
 
 
 def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, out: Path, t_start: float,
-           fam: Any = None) -> CompileResult:
-    """The stages, run while holding the lock on `out` (`fam`: the family compiled, None for an ONNX file)."""
+           fam: Any = None, choice: dict[str, Any] | None = None) -> CompileResult:
+    """The stages, run while holding the lock on `out` (`fam`: the family compiled, None for an ONNX file;
+    `choice`: the backend candidates from `_backend_choice`)."""
     from lowlight.calibration.data import SAMPLES_DIR
     from lowlight.calibration.frames import select_data
     from lowlight.compile.verify import to_markdown, verify
@@ -193,9 +221,15 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     floats: dict[str, Path] = {}
     comp_reports: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
+    choice = choice or {"mode": "fixed", "candidates": [(target.runtime, precision)], "left_out": [], "bf16": None}
+    # The onnxruntime artifact is built at the asked precision only if onnxruntime is a candidate;
+    # OpenVINO starts from the lowered FP32 graph (the fp32 "quantize" step is a no-op).
+    ort_wanted = any(b != "openvino" for b, _ in choice["candidates"])
+    keep_by_comp: dict[str, list[str]] = {}
     for comp in plan.components:
-        cp = comp.precision or precision
+        cp = comp.precision or (precision if ort_wanted else "fp32")
         final, lowered, rep = _compile_component(plan, comp, cp, target, cache, progress, opts, calib_by_comp.get(comp.name, []))
+        keep_by_comp[comp.name] = rep.pop("_keep_float", [])
         finals[comp.name], floats[comp.name], comp_reports[comp.name] = final, lowered, rep
         import onnx
 
@@ -209,10 +243,24 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
 
     out_layouts = {o: l for c in plan.components for o, l in c.output_layouts.items()}
     image_outputs = [o for o in plan.output_names if out_layouts.get(o, "other") in IMAGE_LAYOUTS]
-    artifact_call = _ort_call(finals)
-
-    def run_artifact(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_program(plan.program, artifact_call, feed, plan.output_names, plan.constants)
+    ov_paths: dict[str, dict[str, Path]] = {}
+    ov_reports: dict[str, dict[str, Any]] = {}
+    for b, prec in list(choice["candidates"]):
+        if b != "openvino":
+            continue
+        try:
+            ov_paths[prec], ov_reports[prec] = _build_openvino(plan, prec, floats, calib_by_comp, keep_by_comp, cache, progress)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - OpenVINO/NNCF raise their own types; auto goes on without the candidate
+            why = f"OpenVINO could not build {prec}: {exc.what if isinstance(exc, LowlightError) else _first_line(exc)}"
+            if choice["mode"] != "auto":
+                if isinstance(exc, LowlightError):
+                    raise
+                raise TargetError(why, "use --backend onnxruntime (or auto), and please report this with the model and command") from exc
+            progress.say(f"    note: {why}; left out")
+            choice["candidates"].remove((b, prec))
+            choice["left_out"].append({"backend": b, "precision": prec, "rejected": why})
 
     with progress.stage("verify", f"vs {plan.reference_label} on {len(verify_frames)} held-out frames from {verify_src}") as note:
         feeds = plan.make_inputs(verify_frames, 1)
@@ -227,18 +275,27 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
         emulation = (f"onnxruntime on this host's CPU, running the ONNX graph the {target.name} TensorRT engine is built from; "
                      "the engine itself is verified on the device by `lowlight-compile build-engine`, which records it in the manifest"
                      if target.runtime == "tensorrt" else None)
-        worst: list[Any] = []
-        verification = verify(run_artifact, reference, feeds, opts.min_fidelity, opts.max_drop, image_outputs,
-                              gt_feeds, gt_ref, gt, precision=precision, reference_label=plan.reference_label,
-                              emulation=emulation, worst=worst)
+        # Every candidate is verified on its own backend against the same reference outputs.
+        sel = _select_backend(choice, plan, finals, ov_paths, feeds, reference, gt_feeds, gt_ref, gt, image_outputs, emulation,
+                              opts, progress)
+        chosen = sel["chosen_candidate"]
+        verification, worst, artifact_call = sel["verification"], sel["worst"], sel["call"]
+        warnings += sel["warnings"]
         reports["_worst_samples"] = (worst, image_outputs[0] if image_outputs else None, plan.inputs[0].name)
         from lowlight.compile.routing import has_routing, routing_agreement
 
-        if has_routing(floats):  # a top-k mixture: do the reduced-precision graphs route tokens as FP32 does?
+        if has_routing(floats) and chosen[0] != "openvino":  # a top-k mixture: do the reduced-precision graphs route tokens as FP32 does?
             verification["routing"] = routing_agreement(plan.program, floats, finals, feeds, plan.output_names, plan.constants)
+        elif has_routing(floats):
+            warnings.append("routing agreement is measured on onnxruntime graphs only; not measured for this OpenVINO bundle")
         note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
-        ) + (f", routing {100 * verification['routing']['agreement']:.2f} % as FP32" if verification.get("routing", {}).get("tokens") else "")
+        ) + (f", routing {100 * verification['routing']['agreement']:.2f} % as FP32" if verification.get("routing", {}).get("tokens") else "") + (
+            f"; {chosen[0]} {chosen[1]} chosen of {len(choice['candidates'])}" if len(choice["candidates"]) > 1 else "")
+    precision = chosen[1]
+
+    def run_artifact(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_program(plan.program, artifact_call, feed, plan.output_names, plan.constants)
 
     if opts.pixel_format:
         with progress.stage("lower", f"{opts.pixel_format} conversion into the graph, checked against the host conversions") as note:
@@ -249,8 +306,9 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     # -- bundle, profile: both run in the partial folder; only a finished bundle is renamed into place
     with staged_dir(out) as st:
         with progress.stage("bundle", str(out)):
+            ov = {"paths": ov_paths[precision], "quantize": ov_reports[precision], "hint": sel["hint"]} if chosen[0] == "openvino" else None
             manifest = _write_bundle(st, out, plan, finals, floats, comp_reports, feeds, reference, verification, data,
-                                     warnings, target, precision, opts, cache, progress, reports)
+                                     warnings, target, precision, opts, cache, progress, reports, ov, sel["selection"])
         profile = None
         with progress.stage("profile", f"{opts.profile_runs} runs on this host") as note:
             from lowlight.compile.profile import profile_bundle
@@ -350,6 +408,163 @@ def _ort_call(paths: dict[str, Path]) -> Any:
     return call
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (OpenVINO's run to pages)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0][:300] if lines else "") or type(exc).__name__
+
+
+def _ov_call(paths: dict[str, Path], hint: str) -> Any:
+    """`call(component, feeds)` over one OpenVINO compiled model per component (opened once), at `hint`."""
+    from lowlight.runtime.openvino_backend import OpenVINOBackend
+
+    sessions: dict[str, Any] = {}
+
+    def call(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if name not in sessions:
+            sessions[name] = OpenVINOBackend(paths[name], precision_hint=hint)
+        return dict(sessions[name].run(feeds))
+
+    return call
+
+
+def _build_openvino(plan: Any, precision: str, floats: dict[str, Path], calib_by_comp: dict[str, list[dict[str, np.ndarray]]],
+                    keep_by_comp: dict[str, list[str]], cache: StageCache, progress: Progress) -> tuple[dict[str, Path], dict[str, Any]]:
+    """OpenVINO IR per component from the lowered FP32 graph (fp32/bf16: the same IR), NNCF INT8 for int8; cached."""
+    from lowlight.compile import openvino as ovc
+    from lowlight.compile.export import onnx_sha256
+
+    versions = {"openvino": ovc.openvino_version(), "tools": tool_versions()}
+    paths: dict[str, Path] = {}
+    report: dict[str, Any] = {}
+    with progress.stage("quantize", f"OpenVINO {precision} (IR from the lowered graph" + (", NNCF INT8 on the OpenVINO model)" if precision == "int8" else ")")) as note:
+        hits = []
+        for comp in plan.components:
+            lowered = floats[comp.name]
+            ir, hit = cache.run("openvino-ir", onnx_sha256(lowered), versions, lambda d: ovc.to_ir(lowered, d / "model.xml"), "model.xml")
+            hits.append(hit)
+            if precision == "int8" and (comp.precision or "int8") == "int8":
+                feeds = calib_by_comp.get(comp.name, [])
+                if not feeds:
+                    raise CalibrationError(f"component {comp.name!r} got no calibration samples", "pass more --calib frames")
+                keep = keep_by_comp.get(comp.name, [])
+
+                def _q(d: Path, ir: Path = ir, feeds: list[dict[str, np.ndarray]] = feeds, keep: list[str] = keep) -> None:
+                    rep = ovc.quantize_ir(ir, d / "model.xml", feeds, keep)
+                    (d / "quantize.json").write_text(json.dumps(rep, indent=1))
+
+                ir, hit = cache.run("openvino-int8", onnx_sha256(lowered), {**versions, "calib": _feeds_hash(feeds), "keep": keep}, _q, "model.xml")
+                hits.append(hit)
+                report[comp.name] = json.loads((ir.parent / "quantize.json").read_text())
+            paths[comp.name] = ir
+        note["note"] = ("cached, " if all(hits) else "") + f"hint {ovc.HINTS[precision]}"
+    return paths, report
+
+
+def _select_backend(choice: dict[str, Any], plan: Any, finals: dict[str, Path], ov_paths: dict[str, dict[str, Path]],
+                    feeds: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], gt_feeds: Any, gt_ref: Any, gt: Any,
+                    image_outputs: list[str], emulation: str | None, opts: CompileOptions, progress: Progress) -> dict[str, Any]:
+    """Verify every candidate on its own backend, reject unfused INT8, time the rest interleaved, keep the fastest.
+
+    With one candidate this is today's verify: its VerificationError propagates. With several, a
+    failing candidate is recorded and the next tried; if none passes, the most faithful one's error is raised.
+    """
+    from lowlight.compile import openvino as ovc
+    from lowlight.compile.verify import verify
+    from lowlight.core.errors import VerificationError
+    from lowlight.core.program import run_program
+
+    cands = list(choice["candidates"])
+    several = len(cands) > 1
+    records: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for backend, prec in cands:
+        hint = ovc.HINTS[prec] if backend == "openvino" else None
+        call = _ov_call(ov_paths[prec], hint) if backend == "openvino" else _ort_call(finals)  # type: ignore[arg-type]
+
+        def run(feed: dict[str, np.ndarray], call: Any = call) -> dict[str, np.ndarray]:
+            return run_program(plan.program, call, feed, plan.output_names, plan.constants)
+
+        rec: dict[str, Any] = {"backend": backend, "precision": prec, "hint": hint}
+        worst: list[Any] = []
+        error = None
+        if several:
+            progress.say(f"    verifying {backend} {prec}" + (f" (hint {hint})" if hint else ""))
+        try:
+            v = verify(run, reference, feeds, opts.min_fidelity, opts.max_drop, image_outputs, gt_feeds, gt_ref, gt,
+                       precision=prec, reference_label=plan.reference_label, emulation=emulation, worst=worst)
+        except VerificationError as exc:
+            if not several:
+                raise
+            v, error = exc.report, exc  # type: ignore[attr-defined]
+            rec["rejected"] = f"failed verification: {exc.what}"
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot run its candidate: the others still can
+            if not several or isinstance(exc, LowlightError):
+                raise
+            rec.update(rejected=f"{backend} could not run it: {_first_line(exc)}", passed=False)
+            records.append(rec)
+            runs.append({"verification": {}, "worst": [], "call": call, "run": run,
+                         "error": TargetError(f"{backend} {prec}: {_first_line(exc)}", "use another --backend")})
+            continue
+        rec.update(passed=bool(v["passed"]), fidelity_psnr_db=float(v["fidelity_psnr_db"]), fidelity_psnr_db_min=float(v["fidelity_psnr_db_min"]))
+        if prec == "int8":
+            rec["fusion"] = _int8_fusion(backend, ov_paths.get(prec) if backend == "openvino" else finals, hint, plan)
+            if not rec["fusion"]["fused"] and several and not rec.get("rejected"):
+                rec["rejected"] = (f"{rec['fusion']['quantized_convs'] - rec['fusion']['int8_kernels']} of {rec['fusion']['quantized_convs']} "
+                                   f"quantized convolutions run in float kernels on {backend} (Q/DQ not fused): slower than it should be")
+        records.append(rec)
+        runs.append({"verification": v, "worst": worst, "call": call, "run": run, "error": error})
+    contenders = [i for i, r in enumerate(records) if r["passed"] and not r.get("rejected")]
+    if len(contenders) > 1:
+        progress.say(f"    timing {len(contenders)} candidates interleaved, {ovc.SELECT_ROUNDS} rounds")
+        times = ovc.time_interleaved({str(i): (lambda run=runs[i]["run"]: run(feeds[0])) for i in contenders})
+        for i in contenders:
+            records[i]["times_ms"] = [round(t, 3) for t in times[str(i)]]
+            records[i]["median_ms"] = float(np.median(times[str(i)]))
+    best, why = ovc.pick(records)
+    if runs[best]["error"] is not None:  # no candidate passed verification: fail as a single build would
+        raise runs[best]["error"]
+    records[best]["chosen"] = True
+    warnings = []
+    fusion = records[best].get("fusion")
+    if fusion and not fusion["fused"]:
+        warnings.append(f"{fusion['quantized_convs'] - fusion['int8_kernels']} of {fusion['quantized_convs']} quantized convolutions run in "
+                        f"float kernels on {records[best]['backend']} (Q/DQ not fused): this INT8 bundle may be no faster than FP32")
+    chosen = (records[best]["backend"], records[best]["precision"])
+    selection = {"mode": choice["mode"], "chosen": f"{chosen[0]} {chosen[1]}", "reason": why,
+                 "candidates": records + list(choice.get("left_out", [])), "bf16": choice.get("bf16"),
+                 "timing": {"rounds": ovc.SELECT_ROUNDS, "interleaved": True, "statistic": "median", "feed": "the first verification sample"}}
+    verification = runs[best]["verification"]
+    if choice["mode"] != "fixed":  # the cpu target: say what ran and why (TensorRT targets: `emulation` says it)
+        verification["backend"] = chosen[0] + (f" (CPU, precision hint {records[best]['hint']})" if records[best]["hint"] else "")
+        verification["backend_selection"] = selection
+    return {"chosen_candidate": chosen, "verification": verification, "worst": runs[best]["worst"], "call": runs[best]["call"],
+            "hint": records[best]["hint"], "selection": selection, "warnings": warnings}
+
+
+def _int8_fusion(backend: str, paths: dict[str, Path] | None, hint: str | None, plan: Any) -> dict[str, Any]:
+    """The INT8 fusion check (`lowlight.compile.openvino`) over every quantized component, summed."""
+    from lowlight.compile import openvino as ovc
+
+    parts = []
+    for comp in plan.components:
+        path = (paths or {})[comp.name]
+        if backend == "openvino":
+            import openvino as ov
+
+            from lowlight.runtime.openvino_backend import OpenVINOBackend
+
+            parts.append(ovc.ov_int8_fusion(ov.Core().read_model(str(path)), OpenVINOBackend(path, precision_hint=hint or "f32").compiled))
+        else:
+            parts.append(ovc.ort_int8_fusion(path))
+    out = dict(parts[0])
+    out.update(quantized_convs=sum(p["quantized_convs"] for p in parts), int8_kernels=sum(p["int8_kernels"] for p in parts),
+               float_kernels=[k for p in parts for k in p["float_kernels"]][:20], fused=all(p["fused"] for p in parts))
+    return out
+
+
 def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache: StageCache, progress: Progress,
                        opts: CompileOptions, calib_feeds: list[dict[str, np.ndarray]]) -> tuple[Path, Path, dict[str, Any]]:
     """Export (or take the user's ONNX), simplify, lower and quantize one component; all cached by content hash."""
@@ -411,6 +626,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
         )
         note["note"] = "cached" if hit else ""
     keep_float = keep_float_nodes(onnx.load(str(lowered)), plan.keep_float, onnx.load(str(simplified)) if passes else None)
+    report["_keep_float"] = keep_float  # popped by _build: OpenVINO's INT8 ignores the same nodes
 
     # -- quantize ---------------------------------------------------------------------
     with progress.stage("quantize", (f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) + tag) as note:
@@ -437,7 +653,9 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
             final, hit = cache.run(
                 "int8", onnx_sha256(lowered),
-                {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": keep_float},
+                # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions (older entries did not check)
+                {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": keep_float,
+                 "select": "fused"},
                 _int8, "model.onnx",
             )
             report["quantize"] = json.loads((final.parent / "quantize.json").read_text())
@@ -480,8 +698,14 @@ def _feeds_hash(feeds: list[dict[str, np.ndarray]]) -> str:
 def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], floats: dict[str, Path], comp_reports: dict[str, Any],
                   feeds: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], verification: dict[str, Any],
                   data: Any, warnings: list[str], target: Any, precision: str, opts: CompileOptions, cache: StageCache,
-                  progress: Progress, reports: dict[str, Any]) -> dict[str, Any]:
-    """Copy every component into the partial folder and write the manifest (format 2)."""
+                  progress: Progress, reports: dict[str, Any], ov: dict[str, Any] | None = None,
+                  selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy every component into the partial folder and write the manifest (format 2).
+
+    `ov` (an OpenVINO bundle): {"paths": IR per component, "quantize": NNCF reports, "hint": the pinned
+    precision hint}; the components are then OpenVINO IR (`file` .xml, `external_data` [.bin]).
+    `selection`: how the backend was chosen (`_select_backend`), recorded as `backend_selection`.
+    """
     import onnx
 
     from lowlight.compile.export import onnx_files
@@ -493,7 +717,32 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
     single = len(plan.components) == 1
     components: dict[str, Any] = {}
     ops: dict[str, int] = {}
+    runtime = "openvino" if ov else target.runtime
     for comp in plan.components:
+        if ov:
+            from lowlight.compile.openvino import ir_op_counts
+
+            fname = "model.xml" if single else f"{comp.name}.xml"
+            _copy_ir(ov["paths"][comp.name], st / fname)
+            counts = ir_op_counts(st / fname)
+            for k, v in counts.items():
+                ops[k] = ops.get(k, 0) + v
+            shapes = {o: reference[0][o].shape for o in comp.outputs if o in reference[0]}
+            stages = dict(comp_reports[comp.name])
+            if comp.name in ov["quantize"]:
+                stages["quantize"] = ov["quantize"][comp.name]
+            else:
+                stages["quantize"] = {"precision": precision, "openvino_precision_hint": ov["hint"]}
+            components[comp.name] = {
+                "file": fname, "external_data": [Path(fname).with_suffix(".bin").name], "format": "openvino-ir",
+                "precision": comp.precision or precision,
+                "inputs": [t.to_manifest() for t in comp.inputs],
+                "outputs": [{"name": o, "shape": list(shapes.get(o, ())) or [1], "dtype": str(reference[0][o].dtype) if o in reference[0] else "float32",
+                             "layout": comp.output_layouts.get(o, "other")}
+                            for o in comp.outputs],
+                "ops": counts, "stages": stages,
+            }
+            continue
         fname = "model.onnx" if single else f"{comp.name}.onnx"
         src_files = onnx_files(finals[comp.name])
         ext = []
@@ -541,7 +790,7 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
     from lowlight.compile.report_html import MODEL_CARD, card_facts, model_card, stamp_onnx
 
     card_base: dict[str, Any] = {
-        "name": out.name, **plan.record, "target": target.name, "runtime": target.runtime, "precision": precision,
+        "name": out.name, **plan.record, "target": target.name, "runtime": runtime, "precision": precision,
         "inputs": [t.to_manifest() for t in plan.inputs], "data": data.record(), "tools": tool_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "outputs": [{"name": o, "shape": list(reference[0][o].shape), "dtype": str(reference[0][o].dtype),
@@ -552,7 +801,10 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         card_base["tensorrt"] = {"trt_version": str(getattr(target, "version", "")), "arch": getattr(getattr(target, "spec", None), "arch", "?")}
         card_base["engine_status"] = "built on the device by `lowlight-compile build-engine` (engines are tied to one TensorRT version and GPU)"
     for comp_entry in components.values():
-        stamp_onnx(st / comp_entry["file"], card_facts(card_base, verification))
+        if ov:  # the same facts in the IR's rt_info (OpenVINO's metadata), read back by ov.Model.get_rt_info
+            _stamp_ir(st / comp_entry["file"], card_facts(card_base, verification))
+        else:
+            stamp_onnx(st / comp_entry["file"], card_facts(card_base, verification))
     extra: dict[str, Any] = {}
     if target.runtime == "tensorrt":
         if not single:
@@ -574,17 +826,32 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         }
         extra = target.finish_bundle(str(st), context)
     out_layouts = {o: l for c in plan.components for o, l in c.output_layouts.items()}
+    tools = tool_versions()
+    cpu_facts: dict[str, Any] = {}
+    if target.backends:  # the cpu target: what the backend choice depended on
+        from lowlight.compile.openvino import openvino_version
+
+        if openvino_version():
+            tools["openvino"] = openvino_version()
+        cpu_facts["backend"] = runtime
+        if selection is not None:
+            cpu_facts["host_cpu"] = {"bf16": selection.get("bf16")}
+            cpu_facts["backend_selection"] = selection
+        if ov:
+            cpu_facts["openvino"] = {"device": "CPU", "inference_precision_hint": ov["hint"], "version": tools.get("openvino", ""),
+                                     "why_pinned": "OpenVINO's default hint on a CPU with BF16 is bf16: an unpinned FP32 bundle would run in BF16"}
     manifest: dict[str, Any] = {
         "name": out.name,
-        **({"model": "model.onnx"} if single else {}),
+        **({"model": "model.onnx"} if single and not ov else {}),
         **plan.record,
         "components": components,
         "program": plan.program,
         **({"constants": "constants.npz"} if plan.constants else {}),
         "target": target.name,
-        "runtime": target.runtime,
+        "runtime": runtime,
         "precision": precision,
-        "qdq_flavour": target.qdq_flavour if precision == "int8" else None,
+        "qdq_flavour": target.qdq_flavour if precision == "int8" and not ov else None,
+        **cpu_facts,
         "inputs": [t.to_manifest() for t in plan.inputs],
         "outputs": [{"name": o, "shape": list(reference[0][o].shape), "dtype": str(reference[0][o].dtype),
                      "layout": out_layouts.get(o, "other"), **({"range": [0.0, 1.0]} if out_layouts.get(o) in ("BCHW", "BTCHW") else {})}
@@ -592,17 +859,37 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
         "layout": plan.inputs[0].layout,
         "reference": "reference.npz",
         "ops": dict(sorted(ops.items())),
-        "stages": {"seconds": progress.timings, **reports, **({"components": {k: v for k, v in comp_reports.items()}} if not single else comp_reports[plan.components[0].name])},
-        "verification": {k: v for k, v in verification.items() if k not in ("per_sample", "error_maps")},
+        "stages": {"seconds": progress.timings, **reports, **({"components": {k: c["stages"] for k, c in components.items()}} if not single else components[plan.components[0].name]["stages"])},
+        "verification": {k: v for k, v in verification.items() if k not in ("per_sample", "error_maps", "backend_selection")},
         "data": data.record(),
         "warnings": warnings,
         "notes": list(plan.notes),
-        "tools": tool_versions(),
+        "tools": tools,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest.update(extra)
     (st / MODEL_CARD).write_text(model_card(manifest, verification))
     return write_manifest(st, manifest)
+
+
+def _copy_ir(src: Path, dst: Path) -> None:
+    """Copy an OpenVINO IR (.xml and its .bin) to `dst` (.xml), the .bin renamed to match (OpenVINO finds it by name)."""
+    shutil.copyfile(src, dst)
+    shutil.copyfile(src.with_suffix(".bin"), dst.with_suffix(".bin"))
+
+
+def _stamp_ir(xml: Path, facts: dict[str, str]) -> None:
+    """Write the model card facts into the IR's rt_info under `lowlight` (as `stamp_onnx` does for ONNX metadata)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    for k, v in facts.items():
+        model.set_rt_info(str(v), ["lowlight", k.replace("lowlight.", "")])
+    tmp = xml.with_name(xml.stem + ".stamped.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    del model
+    tmp.replace(xml)
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
 
 
 def _fill_internal_shapes(plan: Any, components: dict[str, Any], feed: dict[str, np.ndarray]) -> None:

@@ -243,7 +243,6 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
     from lowlight.core.bundle import write_manifest
     from lowlight.core.errors import OutputError
     from lowlight.core.fsio import check_writable
-    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
     if runs < 1 or warmup < 0:
         raise ValueError("profile_bundle needs runs >= 1 and warmup >= 0")
@@ -263,8 +262,9 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
             ) from None
     feeds = _feeds(root, manifest)
     load_before = _loadavg()
-    # The whole program (every component, every step) is what a frame costs.
-    sess = load_session(root, backend="onnxruntime", verbose=False, threads=threads)
+    # The whole program (every component, every step) is what a frame costs, on the backend the bundle was built for.
+    openvino = manifest.get("backend") == "openvino"
+    sess = load_session(root, backend="openvino" if openvino else "onnxruntime", verbose=False, threads=threads)
     for _ in range(warmup):
         sess.run(**feeds)
     times, wall = _timed_runs(sess, feeds, runs, duration_s)
@@ -273,25 +273,14 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
     stats = latency_stats(ms)
     frames = frames_per_run(manifest["inputs"][0])
     k = profiled_runs if profiled_runs is not None else max(3, min(n, 10))
-    with tempfile.TemporaryDirectory() as tmp:
-        profiled = {
-            name: OnnxRuntimeBackend(bundle_path(root, manifest, comp["file"]), threads=threads, profile_prefix=os.path.join(tmp, name))
-            for name, comp in as_program_manifest(manifest)["components"].items()
-        }
-        profiled_sess = Session(root, manifest, profiled, constants=sess.constants)
-        # Warm-up runs are profiled too (onnxruntime cannot pause its profiler): `_after_warmup` drops their events.
-        for _ in range(warmup):
-            profiled_sess.run(**feeds)
-        t0 = time.perf_counter()
-        for _ in range(k):
-            profiled_sess.run(**feeds)
-        profiled_ms = (time.perf_counter() - t0) * 1e3 / k
-        files = [(name, b.end_profiling()) for name, b in profiled.items()]
-        rows, session_us = _after_warmup(files, warmup, k)
+    if openvino:
+        rows, session_us, profiled_ms = _openvino_op_profile(root, manifest, sess, feeds, warmup, k, threads)
+    else:
+        rows, session_us, profiled_ms = _onnxruntime_op_profile(root, manifest, sess, feeds, warmup, k, threads)
     by_type, _ = _aggregate(rows)
     kernel_total = sum(by_type.values()) or 1.0
     scale = stats["median"] / profiled_ms if profiled_ms > 0 else 1.0
-    layers = layer_table(rows, k, _component_index(root, manifest), scale)
+    layers = layer_table(rows, k, {} if openvino else _component_index(root, manifest), scale)
     kernels_ms = kernel_total / 1e3 / k
     ort_ms = sum(session_us.values()) / 1e3 / k
     reconcile = {
@@ -349,6 +338,67 @@ def profile_bundle(bundle: str | Path, runs: int = 20, warmup: int = 3, threads:
     write_manifest(root, manifest | {"profile": summary})
     _write_html(root)
     return report
+
+
+def _onnxruntime_op_profile(root: Path, manifest: dict[str, Any], sess: Session, feeds: dict[str, np.ndarray], warmup: int, k: int,
+                            threads: int | None) -> tuple[list[dict[str, Any]], dict[str, float], float]:
+    """(kernel rows of `k` profiled program runs after `warmup`, onnxruntime session us per component, ms per profiled run)."""
+    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = {
+            name: OnnxRuntimeBackend(bundle_path(root, manifest, comp["file"]), threads=threads, profile_prefix=os.path.join(tmp, name))
+            for name, comp in as_program_manifest(manifest)["components"].items()
+        }
+        profiled_sess = Session(root, manifest, profiled, constants=sess.constants)
+        # Warm-up runs are profiled too (onnxruntime cannot pause its profiler): `_after_warmup` drops their events.
+        for _ in range(warmup):
+            profiled_sess.run(**feeds)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            profiled_sess.run(**feeds)
+        profiled_ms = (time.perf_counter() - t0) * 1e3 / k
+        files = [(name, b.end_profiling()) for name, b in profiled.items()]
+        rows, session_us = _after_warmup(files, warmup, k)
+    return rows, session_us, profiled_ms
+
+
+def _openvino_op_profile(root: Path, manifest: dict[str, Any], sess: Session, feeds: dict[str, np.ndarray], warmup: int, k: int,
+                         threads: int | None) -> tuple[list[dict[str, Any]], dict[str, float], float]:
+    """The same from OpenVINO's per-node counters (PERF_COUNT): its executed nodes (fused, so fewer than the ONNX
+    graph's) with their real time; the session time per component is the wall time of its infer calls."""
+    from lowlight.runtime.openvino_backend import OpenVINOBackend
+
+    hint = str((manifest.get("openvino") or {}).get("inference_precision_hint", "f32"))
+    profiled = {name: OpenVINOBackend(bundle_path(root, manifest, comp["file"]), precision_hint=hint, threads=threads, profile=True)
+                for name, comp in as_program_manifest(manifest)["components"].items()}
+    session_us: dict[str, float] = defaultdict(float)
+    timed = {"on": False}
+
+    class Timed:
+        def __init__(self, name: str, backend: Any) -> None:
+            self.name, self.backend = name, backend
+            self.input_names, self.output_names = backend.input_names, backend.output_names
+
+        def run(self, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            t0 = time.perf_counter()
+            out = self.backend.run(f)
+            if timed["on"]:
+                session_us[self.name] += (time.perf_counter() - t0) * 1e6
+            return out
+
+    profiled_sess = Session(root, manifest, {n: Timed(n, b) for n, b in profiled.items()}, constants=sess.constants)
+    for _ in range(warmup):
+        profiled_sess.run(**feeds)
+    for b in profiled.values():
+        b.profile_rows.clear()
+    timed["on"] = True
+    t0 = time.perf_counter()
+    for _ in range(k):
+        profiled_sess.run(**feeds)
+    profiled_ms = (time.perf_counter() - t0) * 1e3 / k
+    rows = [{"component": name, "node": r["node"], "op_type": r["op_type"], "us": r["us"]} for name, b in profiled.items() for r in b.profile_rows]
+    return rows, dict(session_us), profiled_ms
 
 
 def _after_warmup(files: list[tuple[str, str]], warmup: int, k: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -454,9 +504,18 @@ def _environment(threads: int | None, load: list[float] | None, backend: Any) ->
         "load_average": load, "backend": getattr(backend, "name", str(backend)),
         "providers": list(getattr(getattr(backend, "session", None), "get_providers", lambda: [])()),
         "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
-                     "lowlight-compile": ours},
+                     "lowlight-compile": ours, **_openvino_version(backend)},
         "os": platform.platform(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _openvino_version(backend: Any) -> dict[str, str]:
+    """{"openvino": version} when the profiled backend is OpenVINO (already imported then), else {}."""
+    if not str(getattr(backend, "name", "")).startswith("openvino"):
+        return {}
+    import openvino
+
+    return {"openvino": str(openvino.__version__)}
 
 
 def _pct_row(lat: dict[str, float], supported: list[str], runs: int) -> str:

@@ -289,7 +289,10 @@ def card_facts(m: dict[str, Any], verification: dict[str, Any]) -> dict[str, str
     ver = m.get("data", {}).get("verification") or {}
     engine = (f"TensorRT {m.get('tensorrt', {}).get('trt_version') or m.get('trt_version')} on "
               f"{m.get('tensorrt', {}).get('arch', '?')}; engine: {m.get('engine_status', 'not built')}"
-              if m.get("runtime") == "tensorrt" else "onnxruntime >= 1.18 (any CPU); no engine")
+              if m.get("runtime") == "tensorrt" else
+              f"OpenVINO >= 2025.1 on a CPU (IR files; precision hint {m.get('openvino', {}).get('inference_precision_hint', 'f32')}, "
+              "bf16 needs AVX512-BF16 or AMX, else it runs f32); no engine"
+              if m.get("runtime") == "openvino" else "onnxruntime >= 1.18 (any CPU); no engine")
     return {
         "name": str(m.get("name", "")),
         "architecture": _architecture(m),

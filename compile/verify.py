@@ -155,6 +155,8 @@ def to_markdown(report: dict[str, Any], title: str = "Verification", data: dict[
         f"- gate: {report.get('gate') or 'mean PSNR >= %g dB' % report['min_fidelity_db']}",
         f"- max abs error: {report['max_abs_error']:.2e}",
     ]
+    if report.get("backend"):
+        lines.append(f"- ran on: {report['backend']}")
     gt = report.get("ground_truth")
     if gt:
         lines += [
@@ -167,6 +169,10 @@ def to_markdown(report: dict[str, Any], title: str = "Verification", data: dict[
 
         lines += routing_lines(report["routing"])
     lines.append(f"- result: {'PASSED' if report['passed'] else 'FAILED'}")
+    if report.get("backend_selection"):  # the cpu target: every backend/precision candidate, why this one
+        from lowlight.compile.openvino import to_markdown as selection_lines
+
+        lines += selection_lines(report["backend_selection"])
     samples = [r for r in report.get("per_sample", []) if "psnr_db" in r]
     if samples:
         lines += ["", "## Per sample", "", "| sample | PSNR (dB) | SSIM | max abs error |", "|---:|---:|---:|---:|"]

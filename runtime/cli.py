@@ -187,7 +187,8 @@ def _load_session(bundle: str, backend: str, quiet: bool):  # type: ignore[no-un
     except (LowlightError, MemoryError):
         raise
     except ImportError as exc:
-        raise InputError(f"cannot load a runtime backend: {exc}", "install onnxruntime (pip install onnxruntime), or TensorRT on the device") from None
+        raise InputError(f"cannot load a runtime backend: {exc}", "install onnxruntime (pip install onnxruntime), OpenVINO for OpenVINO bundles "
+                         "(pip install 'lowlight-compile[openvino]'), or TensorRT on the device") from None
     except OSError as exc:
         raise BundleError(f"cannot read bundle {bundle} ({exc.strerror or exc})", "check the bundle path and its permissions") from None
     except Exception as exc:  # noqa: BLE001 - backends raise their own exception types
@@ -502,8 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                         "only if it is empty or was written by lowlight-run")
     p.add_argument("--darken", type=darken_factor, default=None, metavar="FACTOR",
                    help="multiply the input by FACTOR in (0, 1] first: fakes night from daytime footage for a demo (0.25 = 4x darker)")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
-                   help="auto: the bundle's TensorRT engine where it runs here, else onnxruntime")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "openvino"], default="auto",
+                   help="auto: the backend the bundle was compiled for (OpenVINO bundles on OpenVINO: "
+                        "pip install 'lowlight-compile[openvino]'); else its TensorRT engine where it runs here, else onnxruntime")
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing video file or a folder lowlight-run did not write (never the input)")
     p.add_argument("--strict", action="store_true",

@@ -3,7 +3,9 @@
 Checks every input (names, shapes, dtype, value range, NaN/Inf) before it
 reaches the backend, so a bad camera frame fails with a message instead of a
 garbage output. Picks TensorRT when the bundle has an engine for this GPU and
-TensorRT imports, else onnxruntime, and says which it chose.
+TensorRT imports, else onnxruntime, and says which it chose. A bundle compiled
+for OpenVINO (`manifest["backend"] == "openvino"`: OpenVINO IR files, verified on
+OpenVINO) runs on OpenVINO, with the same API.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from lowlight.core.bundle import bundle_path, read_manifest
 from lowlight.core.errors import BundleError, InputError, LowlightError
 from lowlight.core.program import noise_inputs
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 
 #: Slack around an input's declared range, as a fraction of its span. Resizing, colour
 #: conversion and denoising overshoot a [0,1] frame by a few percent and still enhance
@@ -237,7 +239,10 @@ def _check_io(root: Path, manifest: dict[str, Any], backend: Any) -> None:
 
 
 def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, threads: int | None = None) -> Session:
-    """Load a bundle (hashes checked) and pick a backend: 'auto', 'tensorrt' or 'onnxruntime'.
+    """Load a bundle (hashes checked) and pick a backend: 'auto', 'tensorrt', 'onnxruntime' or 'openvino'.
+
+    'auto' runs a bundle on the backend it was compiled and verified for (OpenVINO bundles on
+    OpenVINO; others on their TensorRT engine where it runs here, else onnxruntime).
 
     Every problem with the bundle is a BundleError, with the backend problem a user can
     fix (no TensorRT here, bad arguments) an InputError. With verbose, the chosen backend
@@ -249,6 +254,8 @@ def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, thread
         raise InputError(f"threads must be a non-negative integer, got {threads!r}", "pass threads=None (all cores) or a count such as 4")
     root = Path(bundle)
     manifest = read_manifest(root)
+    if manifest.get("backend") == "openvino" or backend == "openvino":
+        return _load_openvino(root, manifest, backend, verbose, threads)
     chosen: Any = None
     reason = ""
     if backend in ("auto", "tensorrt") and manifest.get("engine"):
@@ -292,16 +299,53 @@ def load(bundle: str | Path, backend: str = "auto", verbose: bool = True, thread
         chosen = next(iter(backends.values()))
         if not reason:
             reason = "no TensorRT engine in the bundle" if not manifest.get("engine") else reason
-    constants: dict[str, np.ndarray] = {}
-    if manifest.get("constants"):
-        try:
-            with np.load(bundle_path(root, manifest, manifest["constants"]), allow_pickle=False) as npz:
-                constants = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"{root}: cannot read the program constants ({_first_line(exc)})", "recompile the bundle") from exc
-    sess = Session(root, manifest, backends, constants=constants)
+    sess = Session(root, manifest, backends, constants=_constants(root, manifest))
     if verbose:
         print(f"lowlight.runtime: {root.name}: using {chosen.name}" + (f" ({reason})" if reason and "onnxruntime" in chosen.name else ""), file=sys.stderr)
+        for w in sess.warnings:
+            print(f"lowlight.runtime: {root.name}: warning: {w}", file=sys.stderr)
+    return sess
+
+
+def _constants(root: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The program's constants (timesteps, embeddings) from `constants.npz`, if the bundle has them."""
+    if not manifest.get("constants"):
+        return {}
+    try:
+        with np.load(bundle_path(root, manifest, manifest["constants"]), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{root}: cannot read the program constants ({_first_line(exc)})", "recompile the bundle") from exc
+
+
+def _load_openvino(root: Path, manifest: dict[str, Any], backend: str, verbose: bool, threads: int | None) -> Session:
+    """A session over an OpenVINO bundle; refuses to cross backends (each bundle is verified on its own)."""
+    from lowlight.core.bundle import as_program_manifest
+
+    if manifest.get("backend") != "openvino":  # backend == "openvino" on an onnxruntime/TensorRT bundle
+        raise InputError(
+            f"bundle {root} was compiled and verified for {manifest.get('runtime', 'onnxruntime')}, not OpenVINO",
+            "load it with backend='auto', or compile an OpenVINO bundle: lowlight-compile ... --target cpu --backend openvino",
+        )
+    if backend not in ("auto", "openvino"):
+        raise InputError(
+            f"bundle {root} holds OpenVINO IR files (compiled and verified for OpenVINO); {backend} cannot run them",
+            "load it with backend='auto' or 'openvino', or compile for that backend: lowlight-compile ... --backend onnxruntime",
+        )
+    from lowlight.runtime.openvino_backend import OpenVINOBackend
+
+    hint = str((manifest.get("openvino") or {}).get("inference_precision_hint", "f32"))
+    pm = as_program_manifest(manifest)
+    backends: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, comp in pm["components"].items():
+        backends[name] = OpenVINOBackend(bundle_path(root, manifest, comp["file"]), precision_hint=hint, threads=threads)
+        warnings += [w for w in backends[name].warnings if w not in warnings]
+        _check_io(root, comp, backends[name])
+    sess = Session(root, manifest, backends, warnings=list(manifest.get("report_warnings", [])) + warnings,
+                   constants=_constants(root, manifest))
+    if verbose:
+        print(f"lowlight.runtime: {root.name}: using {sess.backend_name} (the bundle was compiled and verified for OpenVINO)", file=sys.stderr)
         for w in sess.warnings:
             print(f"lowlight.runtime: {root.name}: warning: {w}", file=sys.stderr)
     return sess

@@ -1,4 +1,4 @@
-"""The CPU target: onnxruntime on the host, the default that runs everywhere."""
+"""The CPU target: onnxruntime on the host (the default that runs everywhere), or OpenVINO where installed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +16,11 @@ class CPUTarget(Target):
     ran the whole graph 1.5x faster (0.85 s vs 1.26 s, 2-core EPYC, 2026-11-23)
     with outputs equal to 4e-7. The spectra are small (1/4 resolution), so the
     O(n^2) matrices cost little.
+
+    Two backends (`backends`): onnxruntime (the default install) and OpenVINO (the
+    `[openvino]` extra; also BF16 on processors with it). `--backend auto` builds both
+    where it can and keeps the fastest that meets the fidelity budget
+    (`lowlight.compile.openvino`); the same lowered graph feeds both.
     """
 
     def lowering_passes(self) -> list[tuple[str, LoweringPass]]:
@@ -31,7 +36,10 @@ CPU = CPUTarget(
     runtime="onnxruntime",
     default_precision="fp32",
     qdq_flavour="ort-u8s8",
-    facts={"backend": "onnxruntime CPUExecutionProvider"},
+    precisions=("fp32", "fp16", "int8", "bf16"),
+    backends=("onnxruntime", "openvino"),
+    facts={"backend": "onnxruntime CPUExecutionProvider; OpenVINO CPU with the [openvino] extra (--backend auto picks the faster)",
+           "bf16": "OpenVINO, on processors with AVX512-BF16 or AMX (detected at compile time)"},
 )
 
 #: Picked up by the registry in `lowlight.targets`.
