@@ -279,7 +279,7 @@ def train(
     options = {"config": config, "steps": steps, "vae_steps": vae_steps, "reg_steps": reg_steps, "batch": batch, "crop": crop,
                "seed": seed, "lr": lr, "kl_weight": KL_WEIGHT, "aux": AUX, "balance": cfg.balance,
                "latent_scale": round(float(model.vae.scale), 6), "g": cfg.g, "prompts": list(PROMPT_NAMES)}
-    sessions = [*before.get("sessions", []), {"init": init, "vae_steps": vae_steps, "steps": steps, "reg_steps": reg_steps, "lr": lr,
+    sessions = [*before.get("sessions", []), {"init": init, "vae_steps": vae_steps, "steps": steps, "reg_steps": reg_steps, "lr": lr, "seed": seed,
                                               "train_seconds": round(seconds, 1), "threads": torch.get_num_threads()}]
     if before:
         for stage in ("vae_steps", "steps", "reg_steps"):
@@ -320,7 +320,7 @@ def _continue_from(model: MMAIF, init: str, config: str) -> dict[str, Any]:
         return {"stages": {}}
     rec = json.loads(meta.read_text())
     opts = rec.get("options", {})
-    sessions = rec.get("sessions") or [{"init": None, **{k: opts.get(k) for k in ("vae_steps", "steps", "reg_steps", "lr")},
+    sessions = rec.get("sessions") or [{"init": None, **{k: opts.get(k) for k in ("vae_steps", "steps", "reg_steps", "lr", "seed")},
                                         "train_seconds": rec.get("train_seconds"), "threads": rec.get("threads")}]
     return {"stages": {k: int(opts.get(k) or 0) for k in ("vae_steps", "steps", "reg_steps")}, "log": rec.get("log", {}),
             "train_seconds": float(rec.get("train_seconds") or 0.0), "sessions": sessions}
