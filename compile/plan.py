@@ -126,7 +126,7 @@ def family_plan(fam: Family, config: str, options: dict[str, str], shape: str, c
         model, notes = loaded.model, list(loaded.notes)
     plan = _plan_of(fam, model, config, options, shape, checkpoint, notes, {})
     k = int(options[fam.distill_option]) if fam.distill_option and options.get(fam.distill_option) else None
-    if k is not None and fam.needs_student(k) and getattr(model, "student_steps", None) != k:
+    if k is not None and fam.needs_student(k, **{o: v for o, v in options.items() if o != fam.distill_option}) and getattr(model, "student_steps", None) != k:
         ckpt = Path(checkpoint) if checkpoint else fam.weights_path(config)
 
         def distill_stage(say: Callable[[str], None], cache_root: Path, force: bool) -> Plan:

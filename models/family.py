@@ -258,9 +258,9 @@ class Family:
         (MMAIF: its prompts). Default: nothing."""
         return []
 
-    def needs_student(self, steps: int) -> bool:
-        """Whether a compile at `--{distill_option} steps` runs a distilled student (distilling one when none
-        lies beside the teacher). Default: every step count but the teacher's own."""
+    def needs_student(self, steps: int, **options: str) -> bool:
+        """Whether a compile at `--{distill_option} steps` (and the other `options`) runs a distilled student
+        (distilling one when none lies beside the teacher). Default: every step count but the teacher's own."""
         return steps != self.teacher_steps
 
     @staticmethod

@@ -754,6 +754,10 @@ class MMAIFFamily(Family):
         r"^model\.vae\.enc_in$", r"^model\.vae\.dec_out$", r"t_embed", r"\.router$"))
     output_names = ("fused",)
 
+    def needs_student(self, steps: int, **options: str) -> bool:
+        """The regression variant is one pass: no sampler, nothing to distill, whatever --steps says."""
+        return options.get("variant") != "regression" and steps != self.teacher_steps
+
     def build(self, config: str, variant: str = "flow", steps: str | int | None = None, task: str = "mef",
               prompt: str | None = None, **_: Any) -> MMAIF:
         return build(config, variant, task, None if prompt in (None, "default") else prompt, steps)

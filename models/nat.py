@@ -493,7 +493,7 @@ class NATFamily(Family):
     keep_float = KeepFloat(boundary_convs=True, op_types=("ArgMax", "ArgMin", "Softmax", "LogSoftmax", "Exp", "Gather", "Where"),
                            module_patterns=(r"\.codebook$", r"\.entropy$", r"\.nat\.head$", r"\.lookup$"))
 
-    def needs_student(self, steps: int) -> bool:
+    def needs_student(self, steps: int, **options: str) -> bool:
         """K = 0 (plain retrieval) and the teacher's 4 rounds run no student."""
         return steps not in (0, self.teacher_steps)
 

@@ -195,6 +195,17 @@ def test_distill_command_writes_the_student_beside_the_teacher(tiny_mmaif: Path,
     assert student.student_steps == 1
 
 
+def test_regression_variant_compiles_without_distillation(tiny_mmaif: Path) -> None:
+    """--variant regression is one pass: the plan has no distill stage whatever --steps is (flow at 1 step has one)."""
+    from lowlight.compile.plan import family_plan
+    from lowlight.models import get_family
+
+    fam = get_family("mmaif")
+    base = {"task": "mef", "prompt": "default", "unroll": "no"}
+    assert family_plan(fam, "tiny", {**base, "variant": "regression", "steps": "1"}, SHAPE, str(tiny_mmaif)).prepare is None
+    assert family_plan(fam, "tiny", {**base, "variant": "flow", "steps": "1"}, SHAPE, str(tiny_mmaif)).prepare is not None
+
+
 # -- compiled ----------------------------------------------------------------------------------------
 
 
