@@ -59,8 +59,9 @@ powers of two):
 
 Method "tokens" (samplers over discrete tokens refined in rounds: NAT on
 GLARE), a discrete analogue of progressive distillation (the NAT notes,
-section 4a): each K-round student starts from the teacher and learns, in one
-stage, to match the teacher's final token distribution (KL from the teacher's
+section 4a): one stage per K-round student, fewest rounds first (the first
+starts from the teacher, each later one from the student before it), each
+learning to match the teacher's final token distribution (KL from the teacher's
 per-token distribution to the student's, on every token) plus cross-entropy
 against the ground-truth codes and the sampler's image loss. There is no noise
 and no auxiliary model (unlike Di[M]O's one-step distillation of masked
@@ -105,7 +106,7 @@ METHOD: dict[str, str] = {
     "reflow": "reflow on teacher couplings + one-step distillation (Liu et al. 2022; InstaFlow, Liu et al. 2023), "
               "flow matching, velocity loss then x-loss",
     "tokens": "token-distribution distillation: KL to the teacher's final token distribution + ground-truth code CE "
-              "+ image loss, one stage per K-round student",
+              "+ image loss, one stage per K-round student, fewest rounds first, each from the one before",
 }
 #: method "tokens": weight of the ground-truth code cross-entropy beside the KL term
 TOKEN_CE_WEIGHT = 0.5
@@ -570,21 +571,30 @@ def _token_distill(
     teacher: Any, steps: int, batches: Iterator[dict[str, Tensor]], *, teacher_steps: int | None, iters: int, lr: float,
     keep: tuple[int, ...], gen: torch.Generator, every: int, grad_clip: float, progress: Callable[[str], Any],
 ) -> tuple[dict[int, Any], list[_Round], _Clock]:
-    """Method "tokens": one stage per kept K (largest first), each student initialised from the teacher."""
+    """Method "tokens": one stage per kept K, fewest rounds first; the first student starts from the teacher,
+    each later one from the student before it.
+
+    Why that order: a 1-round student must decide every token in one pass, the hardest task, and what it
+    learns carries over. On NAT small (held out, 64x64) a 2-round student started from the teacher reached
+    23.22 dB (the teacher and its 2-round truncation: 23.23), while the 1-round student's NAT, run for 2
+    rounds without further training, reached 23.31 dB."""
     _check_tokens(teacher)
-    kept_k = sorted(_reflow_kept(steps, keep, teacher_steps), reverse=True)
+    kept_k = sorted(_reflow_kept(steps, keep, teacher_steps))
     clock = _Clock(iters * len(kept_k))
     progress(f"distill: {teacher_steps or 'the teacher'}-round teacher -> K = {', '.join(map(str, kept_k))} by token-distribution "
              f"distillation, {clock.total} iterations")
     kept: dict[int, Any] = {}
     log: list[_Round] = []
+    prev: Any = None
+    prev_k = 0
     for i, k in enumerate(kept_k, 1):
-        student = teacher.make_student(k)
-        rnd = _Round(f"{teacher_steps}->{k}", iters)
+        student = (prev or teacher).make_student(k)
+        rnd = _Round(f"{teacher_steps}->{k}" + (f" (from the {prev_k}-round student)" if prev is not None else ""), iters)
         _train(student, teacher, batches, iters, lr, _token_loss, gen, rnd, clock,
                f"stage {i}/{len(kept_k)} ({k} round{'s' if k > 1 else ''})", every, progress, grad_clip)
         log.append(rnd)
         kept[k] = student
+        prev, prev_k = student, k
     return kept, log, clock
 
 
