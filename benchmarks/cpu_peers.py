@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from _common import write_result
+from _common import timed, write_result
 
 
 # -- machine limits -----------------------------------------------------------------------------------
@@ -48,13 +48,7 @@ from _common import write_result
 
 def gemm_fp32_gflops(n: int = 2048, runs: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        ts.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(ts)) / 1e9
+    return 2 * n**3 / timed(lambda: torch.mm(a, b), runs)[0] / 1e9
 
 
 def gemm_int8_gops(n: int = 2048, runs: int = 5, threads: int = 2) -> float:
@@ -73,25 +67,14 @@ def gemm_int8_gops(n: int = 2048, runs: int = 5, threads: int = 2) -> float:
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
         sess = ort_session(path, threads=threads)
         a = np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8)
-        sess.run(None, {"a": a})
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            sess.run(None, {"a": a})
-            ts.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(ts)) / 1e9
+        sec = timed(lambda: sess.run(None, {"a": a}), runs)[0]
+    return 2 * n**3 / sec / 1e9
 
 
 def dram_gbs(mib: int = 512, runs: int = 5) -> float:
     a = np.ones(mib * 2**20 // 4, dtype=np.float32)
     b = np.empty_like(a)
-    np.copyto(b, a)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        np.copyto(b, a)
-        ts.append(time.perf_counter() - t0)
-    return 2 * a.nbytes / float(np.median(ts)) / 1e9  # read + write
+    return 2 * a.nbytes / timed(lambda: np.copyto(b, a), runs)[0] / 1e9  # read + write
 
 
 # -- contenders -----------------------------------------------------------------------------------------

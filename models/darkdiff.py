@@ -978,24 +978,17 @@ class DarkDiffFamily(Family):
         K without one runs the teacher's guided DDIM at K steps (the baseline distillation
         must beat), and the note says so. A student distilled from another teacher is refused.
         """
-        from lowlight.core.errors import CheckpointError
-        from lowlight.models.family import read_student
+        from lowlight.models.family import declines_student, load_student_into
 
         assert isinstance(model, DarkDiff)
         k = int(steps) if steps is not None else model.steps
-        if student is False or (isinstance(student, str) and student.lower() in ("no", "false")) or k == self.teacher_steps:
+        if declines_student(student) or k == self.teacher_steps:
             return [] if k == self.teacher_steps else [f"student=False: the teacher's guided DDIM at {k} steps"]
-        got = read_student(self.name, checkpoint, k, ("unet", "context"), student, self.student_path)
-        if got is None:
+        path = load_student_into(self, model, checkpoint, config, k, ("unet", "context"), student)
+        if path is None:
             return [f"no {k}-step student beside {checkpoint.name} ({self.student_path(checkpoint, k).name}): "
                     f"the teacher's guided DDIM at {k} steps"]
-        own, path = got
-        missing, unexpected = model.load_state_dict(own, strict=False)
-        missing = [m for m in missing if m.split(".", 1)[0] in ("unet", "context")]
-        if missing or unexpected:
-            raise CheckpointError(f"student {path.name} does not fit darkdiff config {config!r} ({len(missing)} missing, "
-                                  f"{len(unexpected)} unexpected keys)", "distill a student of this config")
-        model.student_steps = model.steps = k
+        model.steps = k
         return [f"{k}-step student {path.name} (distilled from this teacher)"]
 
     def default_shape(self, config: str, **options: str) -> str:

@@ -359,6 +359,31 @@ _USER: dict[str, Family] = {}
 _DISCOVERED = False
 
 
+def declines_student(student: Any) -> bool:
+    """True when a `student` option says not to use a distilled student (False, "no", "false")."""
+    return student is False or (isinstance(student, str) and student.lower() in ("no", "false"))
+
+
+def load_student_into(fam: Family, model: "torch.nn.Module", checkpoint: Path, config: str, steps: int,
+                      modules: tuple[str, ...], student: Any) -> Path | None:
+    """Load the `steps`-step student of teacher `checkpoint` (`read_student`) into `model`'s `modules` and set
+    `model.student_steps`; returns its path, or None when none lies beside the teacher. CheckpointError when
+    it does not fit `config`."""
+    from lowlight.core.errors import CheckpointError
+
+    got = read_student(fam.name, checkpoint, steps, modules, student, fam.student_path)
+    if got is None:
+        return None
+    tensors, path = got
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if m.split(".", 1)[0] in modules]
+    if missing or unexpected:
+        raise CheckpointError(f"student {path.name} does not fit {fam.name} config {config!r} ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected keys)", "distill a student of this config")
+    model.student_steps = steps  # type: ignore[assignment]
+    return path
+
+
 def register(family: Family | type[Family]) -> Family:
     """Add a family (class or instance) to the registry; returns the instance."""
     inst = family() if isinstance(family, type) else family

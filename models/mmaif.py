@@ -769,7 +769,7 @@ class MMAIFFamily(Family):
     def finish_load(self, model: nn.Module, checkpoint: Path, config: str, steps: str | int | None = None,
                     student: str | Path | bool | None = None, variant: str = "flow", **options: Any) -> list[str]:
         """Load the K-step student beside the teacher for `steps=K` (K < 5); `student=False`: the teacher's sampler at K."""
-        from lowlight.models.family import read_student
+        from lowlight.models.family import declines_student, load_student_into
 
         assert isinstance(model, MMAIF)
         k = int(steps) if steps is not None else model.steps
@@ -777,18 +777,12 @@ class MMAIFFamily(Family):
             return ["regression: one pass (steps ignored)"] if steps is not None else []
         if k == self.teacher_steps:
             return []
-        if student is False or (isinstance(student, str) and student.lower() in ("no", "false")):
+        if declines_student(student):
             return [f"student=False: the teacher's sampler at {k} steps"]
-        got = read_student(self.name, checkpoint, k, ("flow",), student, self.student_path)
-        if got is None:
+        path = load_student_into(self, model, checkpoint, config, k, ("flow",), student)
+        if path is None:
             return [f"no {k}-step student beside {checkpoint.name}: the teacher's sampler at {k} steps"]
-        tensors, path = got
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        if unexpected or [m for m in missing if m.startswith("flow.")]:
-            from lowlight.core.errors import CheckpointError
-
-            raise CheckpointError(f"student {path.name} does not fit mmaif config {config!r}", "distill a student of this config")
-        model.student_steps = model.steps = k
+        model.steps = k
         return [f"{k}-step student {path.name} (distilled from this teacher)"]
 
     def default_shape(self, config: str, **options: str) -> str:

@@ -512,7 +512,7 @@ class NATFamily(Family):
     def finish_load(self, model: nn.Module, checkpoint: Path, config: str, steps: str | int | None = None,
                     student: str | Path | bool | None = None, **options: Any) -> list[str]:
         """Load the K-round student beside the teacher for `steps=K` in (1, 2); else the teacher truncated to K rounds."""
-        from lowlight.models.family import read_student
+        from lowlight.models.family import declines_student, load_student_into
 
         assert isinstance(model, NATGlare)
         k = model.rounds if steps is None else int(steps)
@@ -520,18 +520,12 @@ class NATFamily(Family):
             raise LowlightError(f"steps={k}: the NAT teacher refines in {self.teacher_steps} rounds", f"use steps 0..{self.teacher_steps}")
         if k in (0, self.teacher_steps):
             return ["plain retrieval (no refinement)"] if k == 0 else []
-        if student is False or (isinstance(student, str) and student.lower() in ("no", "false")):
+        if declines_student(student):
             return [f"student=False: the teacher truncated to {k} round(s)"]
-        got = read_student(self.name, checkpoint, k, ("nat",), student, self.student_path)
-        if got is None:
+        path = load_student_into(self, model, checkpoint, config, k, ("nat",), student)
+        if path is None:
             return [f"no {k}-round student beside {checkpoint.name}: the teacher truncated to {k} round(s)"]
-        tensors, path = got
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        if unexpected or [m for m in missing if m.startswith("nat.")]:
-            from lowlight.core.errors import CheckpointError
-
-            raise CheckpointError(f"student {path.name} does not fit nat config {config!r}", "distill a student of this config")
-        model.student_steps = model.rounds = k
+        model.rounds = k
         return [f"{k}-round student {path.name} (distilled from this teacher)"]
 
     def default_shape(self, config: str, **options: str) -> str:
