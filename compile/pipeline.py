@@ -206,6 +206,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     gt_frames = data.ground_truth.frames if data.ground_truth else []
 
     calib_by_comp: dict[str, list[dict[str, np.ndarray]]] = {}
+    measure_by_comp: dict[str, list[dict[str, np.ndarray]]] = {}
     if precision == "int8":
         calib_feeds = plan.make_inputs(calib_frames, 0)
         if not calib_feeds:
@@ -215,6 +216,13 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
             )
         single = len(plan.components) == 1 and [t.name for t in plan.components[0].inputs] == [t.name for t in plan.inputs]
         calib_by_comp = {plan.components[0].name: calib_feeds} if single else _record(plan, calib_feeds, progress)
+        # which nodes return to float is measured on the calibration frames and on them brighter
+        # (calibration.frames.exposure_bracket): the ranges stay those of the calibration frames
+        from lowlight.calibration.frames import exposure_bracket
+
+        bracket = plan.make_inputs(exposure_bracket(calib_frames), 0)
+        measure_by_comp = {plan.components[0].name: bracket} if single else _record(plan, bracket, progress)
+        measure_by_comp = {k: v + measure_by_comp.get(k, []) for k, v in calib_by_comp.items()}
 
     # -- per component: export, simplify, lower, quantize ------------------------------
     finals: dict[str, Path] = {}
@@ -228,7 +236,8 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     keep_by_comp: dict[str, list[str]] = {}
     for comp in plan.components:
         cp = comp.precision or (precision if ort_wanted else "fp32")
-        final, lowered, rep = _compile_component(plan, comp, cp, target, cache, progress, opts, calib_by_comp.get(comp.name, []))
+        final, lowered, rep = _compile_component(plan, comp, cp, target, cache, progress, opts, calib_by_comp.get(comp.name, []),
+                                                 measure_by_comp.get(comp.name))
         keep_by_comp[comp.name] = rep.pop("_keep_float", [])
         finals[comp.name], floats[comp.name], comp_reports[comp.name] = final, lowered, rep
         import onnx
@@ -566,8 +575,10 @@ def _int8_fusion(backend: str, paths: dict[str, Path] | None, hint: str | None, 
 
 
 def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache: StageCache, progress: Progress,
-                       opts: CompileOptions, calib_feeds: list[dict[str, np.ndarray]]) -> tuple[Path, Path, dict[str, Any]]:
-    """Export (or take the user's ONNX), simplify, lower and quantize one component; all cached by content hash."""
+                       opts: CompileOptions, calib_feeds: list[dict[str, np.ndarray]],
+                       measure_feeds: list[dict[str, np.ndarray]] | None = None) -> tuple[Path, Path, dict[str, Any]]:
+    """Export (or take the user's ONNX), simplify, lower and quantize one component; all cached by content hash.
+    `measure_feeds`: where INT8's float set is measured (default: the calibration feeds)."""
     import onnx
 
     from lowlight.compile.export import export_onnx, onnx_sha256
@@ -626,7 +637,9 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
         )
         note["note"] = "cached" if hit else ""
     keep_float = keep_float_nodes(onnx.load(str(lowered)), plan.keep_float, onnx.load(str(simplified)) if passes else None)
-    report["_keep_float"] = keep_float  # popped by _build: OpenVINO's INT8 ignores the same nodes
+    # under INT8 the family's policy is a floor (or nothing, int8_floor=False); the rest is measured
+    int8_floor = keep_float if plan.keep_float.int8_floor else []
+    report["_keep_float"] = keep_float if precision != "int8" else int8_floor  # popped by _build: OpenVINO's INT8 ignores the same nodes
 
     # -- quantize ---------------------------------------------------------------------
     with progress.stage("quantize", (f"{precision} ({target.qdq_flavour} Q/DQ)" if precision == "int8" else precision) + tag) as note:
@@ -644,21 +657,28 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
             if plan.quantize_branches:
                 from lowlight.compile.quantize_branches import quantize_int8_with_ifs as quantizer
 
+            from lowlight.compile.sensitivity import MARGIN_DB, VERSION
+
+            budget = opts.min_fidelity + MARGIN_DB
+            measure = measure_feeds or calib_feeds
+
             def _int8(d: Path) -> None:
                 rep = quantizer(
-                    lowered, d / "model.onnx", calib_feeds, target.qdq_flavour, keep_float,
-                    engine=opts.int8_engine, min_fidelity=opts.min_fidelity, say=progress.say,
+                    lowered, d / "model.onnx", calib_feeds, target.qdq_flavour, int8_floor,
+                    engine=opts.int8_engine, min_fidelity=opts.min_fidelity, say=progress.say, budget_db=budget,
+                    measure_feeds=measure,
                 )
                 (d / "quantize.json").write_text(json.dumps(rep, indent=1))
 
             final, hit = cache.run(
                 "int8", onnx_sha256(lowered),
                 # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions (older entries did not check)
-                {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": keep_float,
-                 "select": "fused"},
+                {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
+                 "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)}},
                 _int8, "model.onnx",
             )
             report["quantize"] = json.loads((final.parent / "quantize.json").read_text())
+            report["_keep_float"] = report["quantize"].get("kept_float", int8_floor)
             note["note"] = ("cached, " if hit else "") + f"engine {report['quantize']['engine']}, {len(calib_feeds)} calibration samples"
     return final, lowered, report
 
@@ -730,7 +750,12 @@ def _write_bundle(st: Path, out: Path, plan: Any, finals: dict[str, Path], float
             shapes = {o: reference[0][o].shape for o in comp.outputs if o in reference[0]}
             stages = dict(comp_reports[comp.name])
             if comp.name in ov["quantize"]:
-                stages["quantize"] = ov["quantize"][comp.name]
+                ort_q = stages.get("quantize") or {}
+                stages["quantize"] = dict(ov["quantize"][comp.name])
+                if ort_q.get("engines"):  # NNCF ignored the nodes measured on onnxruntime's Q/DQ graph: say so
+                    stages["quantize"]["float_nodes"] = {**ort_q["engines"][ort_q["engine"]].get("float_nodes", {}),
+                                                         "measured_on": f"onnxruntime Q/DQ graph ({ort_q['engine']})"}
+                    stages["quantize"]["kept_float"] = ort_q.get("kept_float", [])
             else:
                 stages["quantize"] = {"precision": precision, "openvino_precision_hint": ov["hint"]}
             components[comp.name] = {

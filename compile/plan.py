@@ -285,7 +285,7 @@ def onnx_plan(path: Path, shape: str | None) -> Plan:
               "checkpoint": None, "verified_against": "FP32 ONNX (onnxruntime)"}
     return Plan(
         name=path.name, config="onnx", options={}, inputs=inputs, components=[comp], program=program, constants={},
-        keep_float=KeepFloat(boundary_convs=True), quantize_branches=any(n.op_type == "If" for n in model.graph.node),
+        keep_float=KeepFloat(boundary_convs=True, int8_floor=False), quantize_branches=any(n.op_type == "If" for n in model.graph.node),
         make_inputs=make_inputs, reference=reference, reference_label="FP32 ONNX (onnxruntime)",
         float_call=lambda name, feed: reference(feed), record=record,
         cache_identity={"onnx": digest, "shapes": {t.name: t.shape for t in inputs}}, notes=notes,

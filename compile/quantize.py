@@ -6,7 +6,8 @@ zero-point 0 (per-channel weights on axis 0); onnxruntime on x86 runs uint8
 activations x int8 weights (U8S8) fastest. For the CPU target both engines are
 run and timed here, and the faster artifact that keeps fidelity wins: on conv
 U-Nets ORT's U8S8 Q/DQ is typically the fast one.
-The spectral path (DFT ... inverse DFT) and anything lowering created stay float.
+A family's keep-float policy is a floor; which other nodes stay float is measured
+(`compile.sensitivity`), per engine, on the engine's own Q/DQ graph.
 """
 from __future__ import annotations
 
@@ -236,9 +237,18 @@ def quantize_int8(
     check_feeds: list[dict[str, np.ndarray]] | None = None,
     min_fidelity: float = 35.0,
     say: Any = print,
+    budget_db: float | None = None,
+    measure_feeds: list[dict[str, np.ndarray]] | None = None,
+    measure_skip: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """INT8 Q/DQ of `src` into `dst`; returns a report of every engine tried and the one chosen.
 
+    `keep_float`: the family's floor, never quantized. `budget_db`: after each engine's
+    calibration, the fewest of its quantized nodes that bring the worst check frame to this
+    PSNR against the float graph return to float (`compile.sensitivity.measure_float_set`;
+    reported per engine as "float_nodes"), measured on `measure_feeds` (default `feeds`), never
+    giving back nodes named with a prefix in `measure_skip`;
+    None: only the floor stays float.
     engine="auto": for onnxruntime flavour ("ort-u8s8"), run NNCF and ORT, time both
     here and keep the fastest whose fidelity to the float graph is >= min_fidelity;
     for TensorRT flavour, NNCF (its speed can only be measured on the device).
@@ -286,7 +296,17 @@ def quantize_int8(
         out = dst.with_name(f"{dst.stem}.{name}{dst.suffix}")
         say(f"    INT8 calibration with {name} on {len(feeds)} samples")
         ENGINES[name](src, out, feeds, flavour, keep_float)
+        measured: dict[str, Any] | None = None
+        if budget_db is not None:
+            from lowlight.compile.sensitivity import measure_float_set
+
+            relaxed, measured = measure_float_set(src, out, measure_feeds or feeds, budget_db, floor=keep_float,
+                                                     keep_fused=flavour == "ort-u8s8", skip=measure_skip, say=say)
+            if measured["given_back"]:
+                save_onnx(relaxed, out)
         entry: dict[str, Any] = {"fidelity_db_vs_float": qdq_fidelity(src, out, check_feeds)}
+        if measured is not None:
+            entry["float_nodes"] = measured
         if len(candidates) > 1:
             entry["seconds"] = time_onnx(out, check_feeds[0])
             entry["speedup_vs_float"] = float_time / entry["seconds"]  # type: ignore[operator]
@@ -310,6 +330,9 @@ def quantize_int8(
     for name in candidates:
         dst.with_name(f"{dst.stem}.{name}{dst.suffix}").unlink(missing_ok=True)
     report["engine"] = chosen
+    fm = report["engines"][chosen].get("float_nodes", {})
+    back = [g["node"] for g in fm.get("given_back", [])] + list(fm.get("given_back_for_fusion", []))
+    report["kept_float"] = list(keep_float) + [n for n in back if n not in keep_float]
     return report
 
 

@@ -308,9 +308,26 @@ def card_facts(m: dict[str, Any], verification: dict[str, Any]) -> dict[str, str
                      f"{'PASSED' if verification.get('passed') else 'FAILED'}"
                      + (f"; emulated: {verification['emulation']}" if verification.get("emulation") else "")),
         "engine_compatibility": engine,
+        "float_nodes": _float_nodes(m),
         "created": str(m.get("created", "")),
         "tools": json.dumps(m.get("tools", {})),
     }
+
+
+def _float_nodes(m: dict[str, Any]) -> str:
+    """Per INT8 component: how many nodes stayed float, the family's floor and what the measurement gave back."""
+    parts = []
+    for name, comp in (m.get("components") or {}).items():
+        q = (comp.get("stages") or {}).get("quantize") or {}
+        fm = q.get("float_nodes") or (q.get("engines", {}).get(q.get("engine"), {}).get("float_nodes") if q.get("engines") else None)
+        if not fm:
+            continue
+        given = len(fm.get("given_back", [])) + len(fm.get("given_back_for_fusion", []))
+        parts.append(f"{name}: {fm.get('floor', 0)} float by the family's policy + {given} of {fm.get('candidates', '?')} quantized nodes "
+                     f"given back by measured sensitivity (budget {_f(fm.get('budget_db'))} dB on the worst of {fm.get('frames')} "
+                     f"calibration frames; all-INT8 {_f((fm.get('all_int8_db') or {}).get('worst'))} dB, "
+                     f"kept {_f((fm.get('final_db') or {}).get('worst'))} dB)")
+    return "; ".join(parts) or "n/a (no INT8 component)"
 
 
 def model_card(m: dict[str, Any], verification: dict[str, Any]) -> str:
@@ -325,6 +342,7 @@ def model_card(m: dict[str, Any], verification: dict[str, Any]) -> str:
         "## Training data", "", facts["training"], "",
         "## Fidelity", "", facts["fidelity"], "",
         "## Target and precision", "", f"{facts['target']} ({facts['runtime']}), {facts['precision']}", "",
+        *(["INT8 float nodes: " + facts["float_nodes"], ""] if not facts["float_nodes"].startswith("n/a") else []),
         "## Engine compatibility", "", facts["engine_compatibility"], "",
         "## Provenance", "", f"created {facts['created']}; tools {facts['tools']}", "",
         "The same facts are in each ONNX graph's `metadata_props` (keys `lowlight.*`).",

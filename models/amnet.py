@@ -399,7 +399,10 @@ class AMNetFamily(Family):
     trainer = "lowlight.models.train_amnet:train"
     # Frequency coefficients span a far wider range than activations (41.5 dB INT8
     # fidelity with the spectral path float vs 18-35 dB with it quantized, on DICM).
-    keep_float = KeepFloat(spectral_path=True, boundary_convs=True)
+    # FP16 keeps the spectral path and boundary convs float; under INT8 the measured
+    # sensitivity decides (compile.sensitivity): the hand rule left float islands
+    # and their Q/DQ boundaries in every FBS block whether or not they cost fidelity
+    keep_float = KeepFloat(spectral_path=True, boundary_convs=True, int8_floor=False)
 
     def build(self, config: str, modalities: str = "rgb", **_: str) -> AMNet:
         return build(config, modalities)

@@ -86,7 +86,8 @@ class KeepFloat:
     """Nodes that stay float under INT8 (and FP16), as facts about the graph.
 
     The quantizer resolves these on the lowered graph (`compile.graph.keep_float_nodes`);
-    it never needs to know which model it is looking at.
+    it never needs to know which model it is looking at. Under INT8 they are a floor:
+    which other nodes return to float is measured (`compile.sensitivity`).
     """
 
     #: Nodes on a path from a forward DFT to an inverse DFT: frequency coefficients
@@ -108,6 +109,10 @@ class KeepFloat:
     #: graph's `lowlight.node_modules` metadata), e.g. r"\.conv_in$": exported node names such as
     #: `node_conv2d_3` do not say which module they came from.
     module_patterns: tuple[str, ...] = ()
+    #: False: the rules above are FP16's floor only; under INT8 every node starts quantized
+    #: and the measurement alone decides what returns to float (a hand rule such as
+    #: "spectral path and boundary convs" is then a guess the measurement replaces).
+    int8_floor: bool = True
 
 
 @dataclass

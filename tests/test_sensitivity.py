@@ -1,0 +1,126 @@
+"""Float nodes chosen by measurement (compile.sensitivity) on a small conv graph with one sensitive node."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lowlight.compile.quantize import ENGINES
+from lowlight.compile.sensitivity import fusion_closure, give_back_to_float, measure_float_set, quantized_nodes
+from lowlight.core.onnx_graph import ort_session
+
+
+def _graph(path: Path) -> None:
+    """x -> conv_a -> relu -> conv_b -> add(relu) -> conv_c -> y, with a skip through the Add; conv_a ignores
+    input channel 3, so a hot pixel there coarsens x's INT8 scale (conv_a's input) and nothing else."""
+    rng = np.random.default_rng(0)
+
+    def conv(name: str, cin: int, cout: int, src: str, dst: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+        wv = (rng.standard_normal((cout, cin, 3, 3)) * 0.2).astype(np.float32)
+        if name == "conv_a":
+            wv[:, 3] = 0  # channel 3 carries the hot pixel: it stretches x's scale and goes no further
+        w = numpy_helper.from_array(wv, f"{name}.w")
+        b = numpy_helper.from_array((rng.standard_normal(cout) * 0.05).astype(np.float32), f"{name}.b")
+        return helper.make_node("Conv", [src, w.name, b.name], [dst], name=name, pads=[1, 1, 1, 1]), [w, b]
+
+    a, ia = conv("conv_a", 4, 8, "x", "a")
+    b, ib = conv("conv_b", 8, 8, "r", "bo")
+    c, ic = conv("conv_c", 8, 3, "s", "y")
+    nodes = [a, helper.make_node("Relu", ["a"], ["r"], name="relu"), b, helper.make_node("Add", ["bo", "r"], ["s"], name="add"), c]
+    g = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], ia + ib + ic)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+def _feeds(n: int, seed: int, outlier: float = 0.0) -> list[dict[str, np.ndarray]]:
+    """Pixels in [0, 0.05] (a dark frame); `outlier`: one hot pixel of that value in channel 3, which
+    stretches x's scale so the dark pixels quantize to a few levels."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = (rng.random((1, 4, 16, 16)) * 0.05).astype(np.float32)
+        if outlier:
+            x[0, 3, 0, 0] = outlier
+        out.append({"x": x})
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict[str, np.ndarray]]]:
+    d = tmp_path_factory.mktemp("sens")
+    _graph(d / "float.onnx")
+    calib = _feeds(8, 0, outlier=40.0)
+    ENGINES["ort"](d / "float.onnx", d / "int8.onnx", calib, "ort-u8s8", [])
+    return d / "float.onnx", d / "int8.onnx", _feeds(4, 1, outlier=40.0)
+
+
+def _run(model: onnx.ModelProto | Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort_session(src).run(None, feed)[0]
+
+
+def test_every_quantized_node_given_back_is_the_float_graph(toy: tuple[Path, Path, list]) -> None:
+    fp, qp, feeds = toy
+    q = onnx.load(str(qp))
+    names = quantized_nodes(q)
+    assert {"conv_a", "conv_b", "conv_c"} <= set(names)
+    back = give_back_to_float(q, onnx.load(str(fp)), names)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in back.graph.node)
+    for f in feeds:
+        np.testing.assert_allclose(_run(back, f), _run(fp, f), atol=1e-5)
+    assert np.abs(_run(qp, feeds[0]) - _run(fp, feeds[0])).max() > 1e-3  # the INT8 graph itself differs
+
+
+def test_giving_back_nothing_changes_nothing(toy: tuple[Path, Path, list]) -> None:
+    fp, qp, feeds = toy
+    same = give_back_to_float(onnx.load(str(qp)), onnx.load(str(fp)), [])
+    np.testing.assert_array_equal(_run(same, feeds[0]), _run(qp, feeds[0]))
+
+
+def test_measurement_gives_back_the_sensitive_node_first(toy: tuple[Path, Path, list]) -> None:
+    fp, qp, feeds = toy
+    q = onnx.load(str(qp))
+    # all INT8 on these frames, and the budget between it and the float graph
+    err = [float(np.mean((_run(qp, f) - _run(fp, f)) ** 2)) for f in feeds]
+    all_db = 10 * np.log10(1 / max(err))
+    model, rep = measure_float_set(fp, qp, feeds, all_db + 6, say=lambda _: None)
+    assert rep["all_int8_db"]["worst"] == pytest.approx(all_db, abs=0.01)
+    given = [g["node"] for g in rep["given_back"]]
+    # independently: the node whose quantization alone costs most
+    fm, names = onnx.load(str(fp)), quantized_nodes(q)
+    alone = {n: max(float(np.mean((_run(give_back_to_float(q, fm, set(names) - {n}), f) - _run(fp, f)) ** 2)) for f in feeds[:2])
+             for n in names}
+    assert given[0] == max(alone, key=alone.get) == "conv_a"
+    assert len(given) < len(quantized_nodes(q))
+    assert rep["final_db"]["worst"] >= all_db + 6
+    got = [float(np.mean((_run(model, f) - _run(fp, f)) ** 2)) for f in feeds]
+    assert 10 * np.log10(1 / max(got)) == pytest.approx(rep["final_db"]["worst"], abs=0.01)
+    shares = [g["share_of_int8_error"] for g in rep["given_back"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
+
+
+def test_budget_already_met_gives_back_nothing(toy: tuple[Path, Path, list]) -> None:
+    fp, qp, feeds = toy
+    model, rep = measure_float_set(fp, qp, feeds, 0.0, say=lambda _: None)
+    assert rep["given_back"] == [] and "all_int8_db" in rep
+
+
+def test_a_float_reader_of_a_quantized_conv_takes_the_conv_along(toy: tuple[Path, Path, list]) -> None:
+    """onnxruntime fuses DQ -> Conv -> Q only: an Add reading conv_b's output in float unfuses conv_b."""
+    from lowlight.compile.openvino import ort_int8_fusion
+
+    fp, qp, feeds = toy
+    q = onnx.load(str(qp))
+    assert fusion_closure(q, {"add"}) == {"conv_b"}
+    loose = give_back_to_float(q, onnx.load(str(fp)), ["add"])
+    kept = give_back_to_float(q, onnx.load(str(fp)), ["add"], keep_fused=True)
+    d = Path(qp).parent
+    onnx.save(loose, str(d / "loose.onnx"))
+    onnx.save(kept, str(d / "kept.onnx"))
+    assert "conv_b" in ort_int8_fusion(d / "loose.onnx")["float_kernels"]
+    assert ort_int8_fusion(d / "kept.onnx")["fused"]
