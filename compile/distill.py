@@ -761,9 +761,11 @@ def student_file(k: int) -> str:
 def distill_options(
     steps: int, data: str, *, start_steps: int = 64, iters_per_round: int = 1000, guided_iters: int | None = None,
     lr: float = 2e-4, keep: tuple[int, ...] = DEFAULT_KEEP, seed: int = 0, method: str = "progressive",
-    teacher_steps: int | None = None,
+    teacher_steps: int | None = None, loss: str | None = None,
 ) -> dict[str, Any]:
     """The options a distilled student depends on (with the teacher's sha256: its cache key).
+
+    `loss`: the sampler's own loss terms (its `loss_note`), recorded only when it has one.
 
     One run distills down to the smallest of `keep` and `steps` and keeps every student of
     `keep` (and `steps`) on the way, so the key names that set, not the K asked for: a compile
@@ -774,12 +776,16 @@ def distill_options(
     desc = method_description(method)
     if method in ("reflow", "tokens"):
         kept = _reflow_kept(steps, keep, teacher_steps)
-        return {"steps": min(kept), "teacher_steps": teacher_steps, "iters_per_round": iters_per_round, "lr": lr,
-                "keep": kept, "seed": seed, "data": data, "method": desc}
-    kept = sorted(set(keep) | {int(steps)})
-    return {"steps": min(kept), "start_steps": start_steps, "iters_per_round": iters_per_round,
-            "guided_iters": iters_per_round if guided_iters is None else guided_iters, "lr": lr,
-            "keep": kept, "seed": seed, "data": data, "method": desc}
+        out = {"steps": min(kept), "teacher_steps": teacher_steps, "iters_per_round": iters_per_round, "lr": lr,
+               "keep": kept, "seed": seed, "data": data, "method": desc}
+    else:
+        kept = sorted(set(keep) | {int(steps)})
+        out = {"steps": min(kept), "start_steps": start_steps, "iters_per_round": iters_per_round,
+               "guided_iters": iters_per_round if guided_iters is None else guided_iters, "lr": lr,
+               "keep": kept, "seed": seed, "data": data, "method": desc}
+    if loss:
+        out["loss"] = loss
+    return out
 
 
 def distill_key(teacher_sha256: str, steps: int, data: str, **options: Any) -> str:
@@ -821,7 +827,8 @@ def distill_cached(
     check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
     store = cache if isinstance(cache, StageCache) else StageCache(cache)
     options = distill_options(steps, data, start_steps=start_steps, iters_per_round=iters_per_round,
-                              guided_iters=guided_iters, lr=lr, keep=keep, seed=seed, method=method, teacher_steps=teacher_steps)
+                              guided_iters=guided_iters, lr=lr, keep=keep, seed=seed, method=method, teacher_steps=teacher_steps,
+                              loss=getattr(teacher, "loss_note", None))
 
     def produce(tmp: Path) -> None:
         hist: dict[str, Any] = {}

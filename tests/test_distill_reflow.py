@@ -216,6 +216,26 @@ def test_reflow_is_cached_under_its_own_key(toy: dict[str, Any]) -> None:
     assert reflow == got.info["key"]
     assert reflow != distill_key(sha, 1, DATA, keep=(2, 1), **opts)  # progressive, the same other options
     assert reflow != distill_key(sha, 1, DATA, keep=(2, 1), method="reflow", teacher_steps=8, **opts)
+    # a sampler's own loss terms (its loss_note, e.g. MMAIF's ground-truth term) are part of the key
+    assert reflow != distill_key(sha, 1, DATA, keep=(2, 1), method="reflow", teacher_steps=TEACHER_STEPS, loss="+ 5 x L1 to the truth", **opts)
+
+
+def test_mmaif_one_step_loss_adds_the_ground_truth_term() -> None:
+    """MMAIF's image loss: L1 to the decoded teacher sample + GT_WEIGHT x L1 to the ground truth, named in loss_note."""
+    import torch
+
+    from lowlight.models.mmaif import build
+    from lowlight.models.train_mmaif import GT_WEIGHT, MMAIFSampler
+
+    torch.manual_seed(0)
+    s = MMAIFSampler(build("tiny").eval())
+    z = torch.randn(s.latent_shape(torch.zeros(1, 3, 32, 32)))
+    with torch.no_grad():
+        img = s.model.vae.decode(z)
+        target = torch.rand_like(img)
+        got = s.image_loss(z, z, {"target": target})
+    assert float(got) == pytest.approx(GT_WEIGHT * float(torch.nn.functional.l1_loss(img, target)), rel=1e-5)  # teacher term 0
+    assert f"{GT_WEIGHT:g} x L1 to the ground truth" in s.loss_note
 
 
 def test_bad_step_counts_are_refused_with_a_fix(toy: dict[str, Any]) -> None:
