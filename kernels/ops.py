@@ -55,7 +55,9 @@ def _spectral_gate_op(re: Tensor, im: Tensor, w_g: Tensor, b_g: Tensor, w_s: Ten
     from lowlight.kernels.checks import check_spectral_args
     check_spectral_args(re, im, w_g, b_g, w_s, b_s)
     o_re, o_im = ref.spectral_gate_ref(re, im, w_g, b_g, w_s, b_s)
-    return o_re.clone(), o_im.clone()  # custom ops may not return views (of one buffer)
+    # custom ops may not return views (of one buffer); contiguous, as the fake kernel says (inductor
+    # checks the real strides against it: a channels-last input made torch.compile of AMNet base fail)
+    return o_re.contiguous().clone(), o_im.contiguous().clone()
 
 
 @_spectral_gate_op.register_fake
@@ -75,7 +77,8 @@ def _illumination_gate_op(z: Tensor, w: Tensor, b: Tensor, k: int) -> tuple[Tens
     if kt.use_triton(z):
         from lowlight.kernels.illumination_gate_kernel import illumination_gate_triton
         return illumination_gate_triton(z, w, b, k)
-    return ref.illumination_gate_ref(z, w, b, k)
+    high, low = ref.illumination_gate_ref(z, w, b, k)
+    return high.contiguous(), low.contiguous()  # the fake kernel's layout (see spectral_gate)
 
 
 @_illumination_gate_op.register_fake
@@ -95,7 +98,7 @@ def _moe_top2_op(x: Tensor, w_router: Tensor, w1: Tensor, w3: Tensor, w2: Tensor
     if kt.use_triton(x):
         from lowlight.kernels.moe_kernel import moe_top2_triton
         return moe_top2_triton(x, w_router, w1, w3, w2)
-    return ref.moe_top2_ref(x, w_router, w1, w3, w2)
+    return ref.moe_top2_ref(x, w_router, w1, w3, w2).contiguous()
 
 
 @_moe_top2_op.register_fake

@@ -89,7 +89,22 @@ def test_public_names():
     ("moe_top2", moe_args()),
 ])
 def test_opcheck(op, args):
+    import lowlight.kernels.ops  # noqa: F401  (registers the ops; the package imports it lazily)
+
     torch.library.opcheck(getattr(torch.ops.lowlight, op).default, tuple(args))
+
+
+def test_channels_last_inputs_give_the_fake_kernels_layout():
+    """inductor checks a custom op's real output strides against its fake kernel's: AMNet base under
+    torch.compile hands the gates channels-last activations, and a layout-preserving result failed there."""
+    import lowlight.kernels.ops  # noqa: F401
+
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    re, im, *w = spectral_args(B=2, C=4, H=6, W=5)
+    z, wi, bi = illum_args()
+    for op, args in (("spectral_gate", (cl(re), cl(im), *w)), ("illumination_gate", (cl(z), wi, bi, 3))):
+        torch.library.opcheck(getattr(torch.ops.lowlight, op).default, args)
+        assert all(o.is_contiguous() for o in getattr(torch.ops.lowlight, op)(*args))
 
 
 def test_cpu_default_is_reference():
