@@ -203,7 +203,7 @@ def main() -> None:
         auto = json.loads((bundles["auto-int8"] / "manifest.json").read_text()).get("backend_selection", {})
     result = {
         "host": f"{platform.processor() or platform.machine()}, {a.threads} threads", "date": datetime.date.today().isoformat(),
-        "command": f"nice .venv/bin/python benchmarks/cpu_peers.py --config {a.config} --shape {a.shape} --rounds {a.rounds} --threads {a.threads}",
+        "command": f".venv/bin/python benchmarks/cpu_peers.py --config {a.config} --shape {a.shape} --rounds {a.rounds} --threads {a.threads}",
         "shape": a.shape, "gflop_per_clip": round(gflop, 2), "limits": limits,
         "floor_ms": {k: round(v, 1) for k, v in floors.items()}, "rows": rows, "auto_int8_selection": auto,
         "bf16": bf16_support(), "torch": torch.__version__, "openvino": ov.__version__,
