@@ -292,9 +292,12 @@ def measure_float_set(
     say(f"    float nodes by measurement: all-INT8 worst frame {_db(max(all_err)):.1f} dB < {budget_db:g} dB; "
         f"measuring {len(candidates)} quantized nodes alone on the {len(worst)} worst frames")
     share: dict[str, float] = {}
-    for name in candidates:
+    step = max(1, len(candidates) // 5)  # minutes on AMNet base: a progress line every fifth
+    for i, name in enumerate(candidates, 1):
         alone = give_back_to_float(qdq, float_model, set(candidates) - {name})
         share[name] = float(np.mean(_errors(alone, wf, ww)))
+        if i % step == 0 and i < len(candidates):
+            say(f"      {i}/{len(candidates)} nodes measured ({time.perf_counter() - t0:.0f} s)")
     order = sorted(candidates, key=lambda n: -share[n])
     # calibrate the additive model to the all-INT8 error on the same frames: on AMNet base the shares
     # summed to more than the whole (errors partly cancel), and the unscaled sum gave back 39 of 84
