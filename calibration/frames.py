@@ -18,13 +18,16 @@ from lowlight.core.errors import CalibrationError, LowlightError
 from lowlight.runtime.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_frame, pixels_to_unit, read_image, read_video_frames
 
 __all__ = ["load_frames", "fit_frame", "select_frames", "select_data", "FrameSet", "DataSelection", "MIN_CALIBRATION_FRAMES",
-           "exposure_bracket", "BRACKET_GAINS"]
+           "exposure_bracket", "BRACKET_GAINS", "BRACKET_FRAMES", "spread"]
 
 #: Exposure gains of `exposure_bracket`. A camera's auto-exposure delivers frames brighter than
 #: a night calibration set; on AMNet tiny, INT8 with every node quantized kept 42 dB on the
 #: shipped night samples but fell to 30 dB on the same frames at gain 4 and to 33.6 dB on the
 #: brightest held-out real photo (mean 0.45): a float set chosen on the samples alone misses that.
 BRACKET_GAINS = (2.0, 4.0)
+#: Calibration frames (spread over the set) that the bracket repeats: the measurement runs every candidate
+#: graph on these, and a multi-component program records its inputs on them through PyTorch
+BRACKET_FRAMES = 8
 
 
 def exposure_bracket(frames: list[np.ndarray], gains: tuple[float, ...] = BRACKET_GAINS) -> list[np.ndarray]:

@@ -218,9 +218,9 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
         calib_by_comp = {plan.components[0].name: calib_feeds} if single else _record(plan, calib_feeds, progress)
         # which nodes return to float is measured on the calibration frames and on them brighter
         # (calibration.frames.exposure_bracket): the ranges stay those of the calibration frames
-        from lowlight.calibration.frames import exposure_bracket
+        from lowlight.calibration.frames import BRACKET_FRAMES, exposure_bracket, spread
 
-        bracket = plan.make_inputs(exposure_bracket(calib_frames), 0)
+        bracket = plan.make_inputs(exposure_bracket([calib_frames[i] for i in spread(0, len(calib_frames), BRACKET_FRAMES)]), 0)
         measure_by_comp = {plan.components[0].name: bracket} if single else _record(plan, bracket, progress)
         measure_by_comp = {k: v + measure_by_comp.get(k, []) for k, v in calib_by_comp.items()}
 

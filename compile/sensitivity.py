@@ -23,8 +23,8 @@ other nodes keep their scales):
 
 Measured on AMNet tiny (cpu, ORT U8S8, README "INT8: which nodes stay float"): the
 hand rule kept 59 nodes float (spectral path, boundary convs) for 47.7 / 44.0 dB
-mean / worst against FP32 PyTorch on real photos; the measurement keeps 5 for
-48.5 / 45.7 dB. The frames matter: measured on the night calibration samples
+mean / worst against FP32 PyTorch on real photos; the measurement keeps 3 for
+47.5 / 43.9 dB. The frames matter: measured on the night calibration samples
 alone, all-INT8 looked fine (41.6 dB) and the brightest real photo fell to 33 dB,
 hence the exposure bracket (`calibration.frames.exposure_bracket`).
 """
