@@ -56,13 +56,7 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 def quantized_nodes(qdq: onnx.ModelProto) -> list[str]:
     """Names of the compute nodes that read at least one DequantizeLinear output (in graph order)."""
     index = GraphIndex(qdq)
-    out = []
-    for n in qdq.graph.node:
-        if n.op_type in _QDQ or not n.name:
-            continue
-        if any(index.producer.get(i) is not None and index.producer[i].op_type == "DequantizeLinear" for i in n.input if i):
-            out.append(n.name)
-    return out
+    return [n.name for n in qdq.graph.node if n.op_type not in _QDQ and n.name and _quantized(index, n)]
 
 
 def give_back_to_float(qdq: onnx.ModelProto, float_model: onnx.ModelProto, names: set[str] | list[str],
@@ -228,17 +222,11 @@ def _db(mse: float, peak: float = 1.0) -> float:
 
 
 def _time(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], rounds: int = 5) -> dict[str, float]:
-    """Median ms per run of each model, interleaved round by round (one session each)."""
+    """Median ms per run of each model (one session each), timed interleaved as the backend choice is."""
+    from lowlight.compile.openvino import time_interleaved
+
     runs = {k: _runner(m) for k, m in models.items()}
-    for r in runs.values():
-        r(feed)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for i in range(rounds):
-        keys = list(runs)
-        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
-            t0 = time.perf_counter()
-            runs[k](feed)
-            times[k].append((time.perf_counter() - t0) * 1e3)
+    times = time_interleaved({k: (lambda r=r: r(feed)) for k, r in runs.items()}, rounds=rounds, warmup=1)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
