@@ -95,12 +95,24 @@ class AuxEncoder(nn.Module):
         return self.out(F.relu(self.down3(F.relu(self.down2(x)))))
 
 
+#: The FBS gate sees spectra as at this feature side (the 1/4-resolution side of the 128 px training crops).
+FBS_REF_SIDE = 32
+
+
 class S2DG(nn.Module):
     """Spatial-Spectral Dual-Gated translator: RGB features -> implicit auxiliary features.
 
     IADS: low = AvgPool(z), high = z - low, high *= sigmoid(conv1x1(low)).
     FBS:  F = rfft2(high); F *= sigmoid(conv(F)) * (1 + tanh(conv(F))) on the stacked
           real/imag channels; back with irfft2; add `low` back (global context).
+
+    One change from the paper: the gate's convolutions see F scaled by FBS_REF_SIDE / sqrt(h w),
+    while the gate multiplies F itself. With the orthonormal FFT a scene's structure grows as
+    sqrt(h w) in F, so at 640x480 (features 160x120) the gate, trained on 32x32 features, met
+    coefficients 4x larger than ever in training and boosted a few of them up to 2x: the
+    axis-aligned lattice of ~30 px seen in night skies (lattice ratio 3.0 on real photos with the
+    first reference weights, 0.7 with the gate held at identity). At the training size the
+    scale is 1, so the gate is exactly the paper's there.
     """
 
     def __init__(self, c: int, pool_k: int) -> None:
@@ -118,7 +130,9 @@ class S2DG(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         high, low = illumination_gate(z, self.iads_w, self.iads_b, self.pool_k)
         spec = torch.fft.rfft2(high, norm="ortho")
-        re, im = spectral_gate(spec.real, spec.imag, self.fbs_wg, self.fbs_bg, self.fbs_ws, self.fbs_bs)
+        # conv(s F) = (s W) F + b: scale the weights, not the spectrum (static shapes: a constant at export)
+        s = FBS_REF_SIDE / float(z.shape[-2] * z.shape[-1]) ** 0.5
+        re, im = spectral_gate(spec.real, spec.imag, self.fbs_wg * s, self.fbs_bg, self.fbs_ws * s, self.fbs_bs)
         high = torch.fft.irfft2(torch.complex(re, im), s=(z.shape[-2], z.shape[-1]), norm="ortho")
         return self.proj(high + low)
 
@@ -397,6 +411,7 @@ class AMNetFamily(Family):
     )
     weights = {"tiny": "amnet_tiny.safetensors", "base": "amnet_base.safetensors"}
     trainer = "lowlight.models.train_amnet:train"
+    evaluator = "lowlight.models.train_amnet:enhance"
     # Frequency coefficients span a far wider range than activations (41.5 dB INT8
     # fidelity with the spectral path float vs 18-35 dB with it quantized, on DICM).
     # FP16 keeps the spectral path and boundary convs float; under INT8 the measured

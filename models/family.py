@@ -35,7 +35,7 @@ import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -140,6 +140,9 @@ class Family:
     options: ClassVar[tuple[Option, ...]] = ()
     weights: ClassVar[dict[str, str]] = {}
     trainer: ClassVar[str | None] = None
+    #: "module:function(model, image HxWx3) -> HxWx3" that runs one photo through a loaded model, for
+    #: `lowlight-compile zoo eval` (`models.evaluate`); imported only then, like `trainer`.
+    evaluator: ClassVar[str | None] = None
     keep_float: ClassVar[KeepFloat] = KeepFloat()
     quantize_branches: ClassVar[bool] = False
     #: The family `lowlight-compile` compiles when --model is not given (one family says so).
@@ -312,6 +315,15 @@ class Family:
             raise LowlightError(f"{self.name} has no training recipe", "train it outside lowlight and pass the checkpoint")
         module, _, fn = self.trainer.partition(":")
         return getattr(importlib.import_module(module), fn)(config=config, out=out, **kw)
+
+
+    def enhancer(self, model: "torch.nn.Module") -> Callable[[np.ndarray], np.ndarray]:
+        """One-photo enhancement with `model` for `models.evaluate` (the family's `evaluator`)."""
+        if not self.evaluator:
+            raise LowlightError(f"{self.name} has no photo evaluator", "evaluate it with its own benchmark under benchmarks/")
+        module, _, fn = self.evaluator.partition(":")
+        run = getattr(importlib.import_module(module), fn)
+        return lambda img: run(model, img)
 
 
 def read_student(family: str, checkpoint: Path, steps: int, modules: tuple[str, ...], student: Any,

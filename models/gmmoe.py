@@ -783,6 +783,7 @@ class GMMoEFamily(Family):
     options = (Option("experts", EXPERT_MODES, "top2", "expert dispatch: dense mixes all three, top2 runs the two largest gate weights (ONNX If)"),)
     weights = {"small": "gmmoe_small.safetensors"}
     trainer = "lowlight.models.train_gmmoe:train"
+    evaluator = "lowlight.models.train_gmmoe:enhance"
     # The gates (pool -> MLP -> softmax) decide which expert runs: an INT8 flip of
     # the top-2 choice changes the whole block's output, so they stay float.
     keep_float = KeepFloat(gates=True)

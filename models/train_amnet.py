@@ -1,8 +1,10 @@
 """Train AMNet on synthetic low-light clips (`lowlight-compile zoo train amnet`).
 
-Data: the real photos in ../shared/data/clean/, darkened with the paper's
-degradation model (calibration.degrade), moved a few pixels per frame to make
-clips, with synthetic event voxels and pseudo-IR. Losses are the paper's:
+Data: the real photos in ../shared/data/clean/, moved a few pixels per frame to
+make clips, degraded by the shared camera mix (`calibration.degrade.camera_mix`:
+the paper's sRGB darkening, linear-light captures with ELD noise, colour casts,
+pools of light and JPEG, and normal exposures whose target is themselves), with
+synthetic event voxels and pseudo-IR from the clean clip. Losses are the paper's:
 full-modality reconstruction, missing-modality simulation over every subset of
 {event, ir}, and feature distillation of implicit vs real auxiliary features.
 """
@@ -19,10 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from lowlight.calibration.data import shared_data_dir
-from lowlight.calibration.degrade import degrade_clip, event_voxels, motion_clip, pseudo_ir
+from typing import Callable
+
+from lowlight.calibration.degrade import RECIPE_MIX, camera_mix, degrade_clip, event_voxels, motion_clip, pseudo_ir
 from lowlight.calibration.frames import load_frames
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.amnet import AUX, CONFIGS, AMNet
+from lowlight.models.evaluate import evaluate as evaluate_recipes
 from lowlight.models.family import WEIGHTS_DIR
 
 SUBSETS = [frozenset(s) for r in range(len(AUX) + 1) for s in combinations(AUX, r)]
@@ -36,12 +41,13 @@ def split_photos(photos: list[Path]) -> tuple[list[Path], list[Path]]:
     return [p for p in photos if p not in held], held
 
 
-def make_clip(image: np.ndarray, frames: int, crop: int, rng: np.random.Generator, bins: int) -> dict[str, np.ndarray]:
-    """One synthetic training sample: clean/low clips [T,3,h,w], event voxels, pseudo-IR."""
+def make_clip(image: np.ndarray, frames: int, crop: int, rng: np.random.Generator, bins: int,
+              darken: Callable[[np.ndarray, np.random.Generator], np.ndarray] = camera_mix) -> dict[str, np.ndarray]:
+    """One synthetic sample: clean/low clips [T,3,h,w], event voxels, pseudo-IR; `darken` makes the low clip."""
     clean = motion_clip(image, frames, (crop, crop), rng)
     if rng.random() < 0.5:
-        clean = clean[:, :, ::-1]
-    low = degrade_clip(clean, rng)
+        clean = np.ascontiguousarray(clean[:, :, ::-1])
+    low = darken(clean, rng)
     return {
         "clean": clean.transpose(0, 3, 1, 2),
         "rgb": low.transpose(0, 3, 1, 2),
@@ -117,7 +123,8 @@ def evaluate(model: AMNet, images: list[np.ndarray], frames: int = 8, crop: int 
     model.eval()
     for img in images:
         for _ in range(clips_per_image):
-            s = make_clip(img, frames, min(crop, img.shape[0] - 8 * frames, img.shape[1] - 8 * frames) // 4 * 4, rng, bins)
+            # the original sRGB recipe, for continuity with earlier weights; `models.evaluate` reports every recipe
+            s = make_clip(img, frames, min(crop, img.shape[0] - 8 * frames, img.shape[1] - 8 * frames) // 4 * 4, rng, bins, degrade_clip)
             rgb = torch.from_numpy(np.ascontiguousarray(s["rgb"]))[None]
             out_rgb = model(rgb)[0].numpy()
             out_all = model(rgb, torch.from_numpy(s["event"])[None], torch.from_numpy(np.ascontiguousarray(s["ir"]))[None])[0].numpy()
@@ -128,6 +135,13 @@ def evaluate(model: AMNet, images: list[np.ndarray], frames: int = 8, crop: int 
     result["gain_rgb_db"] = result["psnr_rgb"] - result["psnr_in"]
     result["gain_all_db"] = result["psnr_all"] - result["psnr_in"]
     return result
+
+
+@torch.no_grad()
+def enhance(model: AMNet, img: np.ndarray) -> np.ndarray:
+    """One HxWx3 photo through `model` as a one-frame clip, RGB only."""
+    model.eval()
+    return model(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None, None])[0, 0].numpy().transpose(1, 2, 0)
 
 
 def train(
@@ -191,6 +205,10 @@ def train(
         if step % 10 == 0:
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
     metrics = evaluate(model, held_imgs)
+    metrics["data"] = f"calibration.degrade.camera_mix {RECIPE_MIX}"
+    if progress:
+        print("per recipe and on real low-light photos (models.evaluate):")
+    metrics.update(evaluate_recipes(lambda img: enhance(model, img), say=print if progress else lambda _s: None))
     metrics.update(
         config=config, steps=steps, batch_size=batch_size, frames=frames, crop=crop, seed=seed, lr=lr, init=init, rgb_only=rgb_only,
         train_seconds=round(time.time() - t0, 1), held_out=[p.name for p in held_paths],
