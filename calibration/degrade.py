@@ -143,7 +143,7 @@ def linear_low_light(srgb: np.ndarray, rng: np.random.Generator, ratio: tuple[fl
 #
 # The sRGB-space recipe above (`degrade`) scales the displayed image and adds Gaussian noise: a model trained on it
 # alone gained +8.7 dB on it but +3.7 dB on linear-light pairs from unseen photos, turned normally lit video white
-# (half its pixels >= 0.98), left a dark ring around lights (it never saw a lit region in a dark frame) and amplified
+# (half its pixels >= 0.98), left a dark ring around lights (it never saw a light in a dark frame) and amplified
 # the blotchy, compressed noise of real night skies (it only saw i.i.d. noise). The mix below covers those cases.
 
 #: The recipes evaluation reports separately; training mixes them in `RECIPE_MIX` proportions.
@@ -153,8 +153,8 @@ RECIPE_MIX = {"srgb": 0.25, "linear": 0.5, "normal": 0.25}
 TRAIN_RATIO = (1.5, 60.0)
 #: Normal exposures: at most a quarter stop under; the target is the photo itself.
 NORMAL_RATIO = (1.0, 1.25)
-#: Share of linear-light samples lit unevenly (lamps, lit windows: regions at normal exposure in a dark frame).
-LIGHT_POOL_P = 0.4
+#: Share of linear-light samples with lamps in the scene (emitters, `lamps`), present in input and target.
+LAMPS_P = 0.5
 #: Share of training samples JPEG-compressed after 8-bit quantisation, quality uniform in JPEG_QUALITY.
 JPEG_P = 0.5
 JPEG_QUALITY = (60, 95)
@@ -162,17 +162,27 @@ JPEG_QUALITY = (60, 95)
 WB_ERROR = 0.12
 
 
-def light_pools(shape: tuple[int, int], rng: np.random.Generator, max_pools: int = 3) -> np.ndarray:
-    """An HxW map in [0, 1]: 1 to 3 soft round pools of light (1 at their centres) on a dark frame (0)."""
+def lamps(shape: tuple[int, int], rng: np.random.Generator, max_lamps: int = 6) -> np.ndarray:
+    """HxWx3 linear light emitted by 1 to `max_lamps` lamps: a saturated core of 1.5-8 px and a glow (inverse
+    square, faded out by about six core radii: lens scatter, not a flood light).
+
+    An emitter adds the same light to a dark exposure as to a normal one (it is bright because it emits, not
+    because the frame is well exposed), so it is added after the exposure scaling of the scene and also to the
+    target: next to a lamp the scene still needs the full gain. The first reference weights never saw a light
+    in a dark frame and dimmed its surroundings (a dark ring, `core.metrics.halo_undershoot` up to 0.38).
+    """
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    out = np.zeros((h, w), np.float32)
-    for _ in range(int(rng.integers(1, max_pools + 1))):
+    out = np.zeros((h, w, 3), np.float32)
+    for _ in range(int(rng.integers(1, max_lamps + 1))):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        r = rng.uniform(0.08, 0.3) * min(h, w)
-        # a flat-topped pool with a soft edge: lamps light a patch, not a Gaussian point
-        d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / r
-        out = np.maximum(out, np.clip(1.5 - d, 0.0, 1.0))
+        r = float(rng.uniform(1.5, 8.0))
+        power = float(rng.uniform(1.5, 6.0))
+        # warm sodium/tungsten, white LED, or a cool sign
+        colour = np.array([(1.0, 0.75, 0.45), (1.0, 1.0, 1.0), (0.6, 0.8, 1.0)][int(rng.integers(3))], np.float32)
+        d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / (r * r)
+        glow = power * np.minimum(1.0, float(rng.uniform(0.05, 0.3)) / np.maximum(d2, 1e-6)) * np.exp(-d2 / 36.0)
+        out += np.where(d2 <= 1.0, power, glow)[..., None] * colour
     return out
 
 
@@ -191,51 +201,58 @@ def camera_capture(
     rng: np.random.Generator,
     recipe: str,
     ratio: tuple[float, float] = TRAIN_RATIO,
-    pools_p: float = LIGHT_POOL_P,
+    lamps_p: float = LAMPS_P,
     jpeg_p: float = JPEG_P,
-) -> np.ndarray:
-    """What a camera records of the clean sRGB scene `clean` (HxWx3, or a TxHxWx3 clip), under `recipe`.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target): what a camera records of the clean sRGB scene `clean` (HxWx3, or a TxHxWx3 clip) under
+    `recipe`, and what the enhancer should make of it.
 
-    - ``srgb``: `degrade` (scaled sRGB, Gaussian shot + read noise), the original recipe;
-    - ``linear``: inverse tone curve and gamma (Brooks et al. 2019), exposure / log-U(`ratio`) (with
-      probability `pools_p` lit by `light_pools`, normal exposure at their centres), ELD shot and read noise
-      in 14-bit DN (`raw.sample_noise`), a white-balance error of +-WB_ERROR per channel, the tone curve back;
-    - ``normal``: the same camera at exposure / U(NORMAL_RATIO), no pools: a normally exposed frame whose
+    - ``srgb``: `degrade` (scaled sRGB, Gaussian shot + read noise), the original recipe; target `clean`;
+    - ``linear``: inverse tone curve and gamma (Brooks et al. 2019), exposure / log-U(`ratio`), with probability
+      `lamps_p` lamps (`lamps`) emitting into the scene, ELD shot and read noise in 14-bit DN
+      (`raw.sample_noise`), a white-balance error of +-WB_ERROR per channel, the tone curve back; target: the
+      clean scene with the same lamps at normal exposure;
+    - ``normal``: the same camera at exposure / U(NORMAL_RATIO), no lamps: a normally exposed frame whose
       target is itself.
 
     Then 8-bit quantisation and, with probability `jpeg_p`, JPEG at a quality in JPEG_QUALITY. A clip shares
-    every parameter (exposure, pools, noise level, cast, quality) and gets fresh noise per frame.
+    every parameter (exposure, lamps, noise level, cast, quality) and gets fresh noise per frame.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown degradation recipe {recipe!r}; one of {', '.join(RECIPES)}")
     from lowlight.calibration.raw import SATURATION, inverse_tone, sample_noise, tone
 
     clip = clean if clean.ndim == 4 else clean[None]
+    target = clip
     if recipe == "srgb":
         scale, photons, read = sample_illumination(rng), float(rng.uniform(300.0, 3000.0)), float(rng.uniform(0.002, 0.012))
         low = np.stack([degrade(f, rng, scale, photons, read) for f in clip])
     else:
         lo, hi = ratio if recipe == "linear" else NORMAL_RATIO
         divisor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        exposure = np.full(clip.shape[1:3], 1.0 / divisor, np.float32)
-        if recipe == "linear" and rng.random() < pools_p:
-            exposure = exposure + (1.0 - exposure) * light_pools(clip.shape[1:3], rng)
+        light = lamps(clip.shape[1:3], rng) if recipe == "linear" and rng.random() < lamps_p else None
         k, read_dn = sample_noise(rng)
         wb = rng.uniform(1.0 - WB_ERROR, 1.0 + WB_ERROR, size=3).astype(np.float32)
-        frames = []
+        frames, targets = [], []
         for f in clip:
-            dn = inverse_tone(f).astype(np.float64) * (exposure[..., None] * SATURATION)
+            scene = inverse_tone(f) / np.float32(divisor)
+            if light is not None:
+                scene = scene + light
+                targets.append(tone(inverse_tone(f) + light))
+            dn = np.minimum(scene.astype(np.float64), 1.0) * SATURATION
             z = rng.poisson(dn / k).astype(np.float32) * np.float32(k)
             z += rng.standard_normal(z.shape, dtype=np.float32) * np.float32(read_dn)
             lin = np.clip(np.rint(z), 0.0, SATURATION).astype(np.float32) / np.float32(SATURATION)
             frames.append(tone(lin * wb))
         low = np.stack(frames)
+        if light is not None:
+            target = np.stack(targets)
     low = np.round(np.clip(low, 0.0, 1.0) * 255.0) / 255.0
     if rng.random() < jpeg_p:
         q = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
         low = np.stack([_jpeg(f, q) for f in low])
-    low = low.astype(np.float32)
-    return low if clean.ndim == 4 else low[0]
+    low, target = low.astype(np.float32), np.ascontiguousarray(target, dtype=np.float32)
+    return (low, target) if clean.ndim == 4 else (low[0], target[0])
 
 
 def sample_recipe(rng: np.random.Generator, mix: dict[str, float] | None = None) -> str:
@@ -246,7 +263,7 @@ def sample_recipe(rng: np.random.Generator, mix: dict[str, float] | None = None)
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
-def camera_mix(clean: np.ndarray, rng: np.random.Generator, mix: dict[str, float] | None = None) -> np.ndarray:
+def camera_mix(clean: np.ndarray, rng: np.random.Generator, mix: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`camera_capture` under a recipe drawn from the training mix: the one degradation every family trains on."""
     return camera_capture(clean, rng, sample_recipe(rng, mix))
 

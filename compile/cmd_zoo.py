@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     e.add_argument("--json", default=None, help="also write the scores to this JSON file (never replaces an existing file without --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    e.add_argument("option", nargs="*", default=[], metavar="KEY=VALUE", help="family options, e.g. experts=top2")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a family option, e.g. --option experts=top2 (repeatable)")
     sub.add_parser("list", help="families, configs and shipped weights", formatter_class=HelpFormatter,
                    description="List every discovered family with its configs, options and shipped weights.")
 
@@ -94,7 +94,7 @@ def _eval(fam: "Family", config: str, a: argparse.Namespace) -> int:
     for item in a.option:
         key, sep, value = item.partition("=")
         if not sep:
-            raise LowlightError(f"option {item!r} is not KEY=VALUE", "write family options as e.g. experts=top2")
+            raise LowlightError(f"--option {item!r} is not KEY=VALUE", "write family options as e.g. --option experts=top2")
         options[key] = value
     if a.json:
         claim_file(Path(a.json), "a scores file", "--json", overwrite=a.overwrite)

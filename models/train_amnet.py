@@ -3,7 +3,7 @@
 Data: the real photos in ../shared/data/clean/, moved a few pixels per frame to
 make clips, degraded by the shared camera mix (`calibration.degrade.camera_mix`:
 the paper's sRGB darkening, linear-light captures with ELD noise, colour casts,
-pools of light and JPEG, and normal exposures whose target is themselves), with
+lamps and JPEG, and normal exposures whose target is themselves), with
 synthetic event voxels and pseudo-IR from the clean clip. Losses are the paper's:
 full-modality reconstruction, missing-modality simulation over every subset of
 {event, ir}, and feature distillation of implicit vs real auxiliary features.
@@ -42,12 +42,12 @@ def split_photos(photos: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def make_clip(image: np.ndarray, frames: int, crop: int, rng: np.random.Generator, bins: int,
-              darken: Callable[[np.ndarray, np.random.Generator], np.ndarray] = camera_mix) -> dict[str, np.ndarray]:
-    """One synthetic sample: clean/low clips [T,3,h,w], event voxels, pseudo-IR; `darken` makes the low clip."""
+              darken: Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] = camera_mix) -> dict[str, np.ndarray]:
+    """One synthetic sample: clean/low clips [T,3,h,w], event voxels, pseudo-IR; `darken` makes (low, target)."""
     clean = motion_clip(image, frames, (crop, crop), rng)
     if rng.random() < 0.5:
         clean = np.ascontiguousarray(clean[:, :, ::-1])
-    low = darken(clean, rng)
+    low, clean = darken(clean, rng)
     return {
         "clean": clean.transpose(0, 3, 1, 2),
         "rgb": low.transpose(0, 3, 1, 2),
@@ -124,7 +124,7 @@ def evaluate(model: AMNet, images: list[np.ndarray], frames: int = 8, crop: int 
     for img in images:
         for _ in range(clips_per_image):
             # the original sRGB recipe, for continuity with earlier weights; `models.evaluate` reports every recipe
-            s = make_clip(img, frames, min(crop, img.shape[0] - 8 * frames, img.shape[1] - 8 * frames) // 4 * 4, rng, bins, degrade_clip)
+            s = make_clip(img, frames, min(crop, img.shape[0] - 8 * frames, img.shape[1] - 8 * frames) // 4 * 4, rng, bins, lambda c, r: (degrade_clip(c, r), c))
             rgb = torch.from_numpy(np.ascontiguousarray(s["rgb"]))[None]
             out_rgb = model(rgb)[0].numpy()
             out_all = model(rgb, torch.from_numpy(s["event"])[None], torch.from_numpy(np.ascontiguousarray(s["ir"]))[None])[0].numpy()

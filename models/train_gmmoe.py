@@ -2,7 +2,7 @@ r"""Train GM-MoE's reference weights on synthetic low-light pairs (`lowlight-com
 
 Data: crops of the clean photos in ../shared/data/clean, degraded by the shared
 camera mix (`lowlight.calibration.degrade.camera_mix`: sRGB darkening, linear-light
-captures with ELD noise, colour casts, pools of light and JPEG, and normal
+captures with ELD noise, colour casts, lamps and JPEG, and normal
 exposures whose target is themselves). A fixed, deterministic subset of the
 photos is held out for evaluation (never trained on); `models.evaluate` scores
 every recipe and the artefacts on real low-light photos.
@@ -83,9 +83,9 @@ def _batch(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Generator
             c = c[:, ::-1]
         if rng.random() < 0.5:
             c = c[::-1]
-        c = np.ascontiguousarray(c)
-        lows.append(camera_mix(c, rng))
-        cleans.append(c)
+        low, target = camera_mix(np.ascontiguousarray(c), rng)
+        lows.append(low)
+        cleans.append(target)
     to = lambda a: torch.from_numpy(np.stack(a).transpose(0, 3, 1, 2).copy())  # noqa: E731
     return to(lows), to(cleans)
 
