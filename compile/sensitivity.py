@@ -48,7 +48,7 @@ __all__ = ["quantized_nodes", "give_back_to_float", "fusion_closure", "measure_f
 #: calibration frames and the float graph, verification sees held-out frames and PyTorch
 MARGIN_DB = 3.0
 #: part of the INT8 cache key: a change to the search must not reuse older artifacts
-VERSION = 3
+VERSION = 6
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -262,7 +262,8 @@ def measure_float_set(
     del ref
     candidates = [n for n in quantized_nodes(qdq) if not n.startswith(skip)] if skip else quantized_nodes(qdq)
     report: dict[str, Any] = {"skipped": list(skip), "how": "each quantized node alone vs the float graph on the worst frames (MSE, additive "
-                                      "model), greedy until the measured worst of all frames meets the budget",
+                                      "model), greedy, cut back to the shortest measured prefix that meets the budget "
+                                      "(bisection), then one more at a time until the measured worst of all frames meets it",
                               "budget_db": budget_db, "frames": len(feeds), "candidates": len(candidates),
                               "floor": len(floor or [])}
     t0 = time.perf_counter()
@@ -322,6 +323,24 @@ def measure_float_set(
             model = give_back_to_float(qdq, float_model, given, keep_fused)
             sub = _errors(model, ff, fw)
         err = _errors(model, feeds, want)
+    if _db(max(err)) >= budget_db and len(given) > 1:
+        # the prediction and the one-at-a-time steps overshoot: keep the shortest prefix of the ranked set
+        # that meets the budget, found by bisection on all frames (AMNet tiny's retrained weights: one residual
+        # Add held 99 % of the error, yet the search gave back 43 of 80 nodes and landed 10 dB past the budget)
+        # The last node added is the one that made the worst frame pass, so it stays with every prefix.
+        last = given[-1:]
+        lo, hi, best = 0, len(given) - 1, (model, err)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            m_mid = give_back_to_float(qdq, float_model, given[:mid] + last, keep_fused)
+            e_mid = _errors(m_mid, feeds, want)
+            if _db(max(e_mid)) >= budget_db:
+                hi, best = mid, (m_mid, e_mid)
+            else:
+                lo = mid
+        report["pruned_from"] = len(given)
+        given = given[:hi] + last
+        model, err = best
     closure = sorted(fusion_closure(qdq, set(given))) if keep_fused else []
     timed = given[:time_nodes]
     ms: dict[str, float] = {}

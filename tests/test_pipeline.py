@@ -82,7 +82,8 @@ def test_int8_bundle_has_qdq_and_float_nodes_chosen_by_measurement(int8_bundle):
         assert fm["final_db"]["worst"] >= fm["budget_db"] or len(fm["given_back"]) == fm["candidates"]
         assert len(fm["given_back"]) < fm["candidates"] / 2  # a few nodes, not the hand rule's whole regions
         for g in fm["given_back"]:
-            assert g["alone_db"] > 0 and 0 < g["share_of_int8_error"] <= 1
+            # 0 for a node given back for a frame other than the two the shares were ranked on
+            assert g["alone_db"] > 0 and 0 <= g["share_of_int8_error"] <= 1
     chosen = q["engines"][q["engine"]]["float_nodes"]
     back = {g["node"] for g in chosen["given_back"]} | set(chosen.get("given_back_for_fusion", []))
     assert set(q["kept_float"]) == back
