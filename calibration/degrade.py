@@ -220,13 +220,12 @@ def camera_capture(
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown degradation recipe {recipe!r}; one of {', '.join(RECIPES)}")
-    from lowlight.calibration.raw import SATURATION, inverse_tone, sample_noise, tone
+    from lowlight.calibration.raw import dark_exposure, inverse_tone, sample_noise, tone
 
     clip = clean if clean.ndim == 4 else clean[None]
     target = clip
     if recipe == "srgb":
-        scale, photons, read = sample_illumination(rng), float(rng.uniform(300.0, 3000.0)), float(rng.uniform(0.002, 0.012))
-        low = np.stack([degrade(f, rng, scale, photons, read) for f in clip])
+        low = degrade_clip(clip, rng)
     else:
         lo, hi = ratio if recipe == "linear" else NORMAL_RATIO
         divisor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
@@ -239,11 +238,7 @@ def camera_capture(
             if light is not None:
                 scene = scene + light
                 targets.append(tone(inverse_tone(f) + light))
-            dn = np.minimum(scene.astype(np.float64), 1.0) * SATURATION
-            z = rng.poisson(dn / k).astype(np.float32) * np.float32(k)
-            z += rng.standard_normal(z.shape, dtype=np.float32) * np.float32(read_dn)
-            lin = np.clip(np.rint(z), 0.0, SATURATION).astype(np.float32) / np.float32(SATURATION)
-            frames.append(tone(lin * wb))
+            frames.append(tone(dark_exposure(np.minimum(scene, 1.0), 1.0, rng, noise=(k, read_dn)) * wb))
         low = np.stack(frames)
         if light is not None:
             target = np.stack(targets)

@@ -316,9 +316,13 @@ def tone(lin: np.ndarray) -> np.ndarray:
     return (x * x * (3.0 - 2.0 * x)).astype(np.float32)
 
 
-def dark_exposure(lin: np.ndarray, divisor: float, rng: np.random.Generator) -> np.ndarray:
-    """Linear light darkened by `divisor` with ELD shot and read noise, quantised to DN; linear, in [0, 1]."""
-    k, read = sample_noise(rng)
+def dark_exposure(lin: np.ndarray, divisor: float, rng: np.random.Generator,
+                  noise: tuple[float, float] | None = None) -> np.ndarray:
+    """Linear light darkened by `divisor` with ELD shot and read noise, quantised to DN; linear, in [0, 1].
+
+    `noise`: (K, read sigma in DN) to reuse, e.g. one sensor setting for every frame of a clip; default: drawn
+    with `sample_noise`."""
+    k, read = sample_noise(rng) if noise is None else noise
     y = lin.astype(np.float64) * (SATURATION / divisor)
     z = rng.poisson(y / k).astype(np.float32) * np.float32(k)
     z += rng.standard_normal(z.shape, dtype=np.float32) * np.float32(read)

@@ -17,7 +17,6 @@ halo above the input's own level.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -136,16 +135,3 @@ def aims_met(res: dict[str, Any], gain_db: float = 8.0, identity_db: float = 25.
         "lattice": res["real"]["lattice"]["median"] <= lattice,
         "halo": res["real"]["halo"]["mean"] <= halo,
     }
-
-
-def record(weights: Path, res: dict[str, Any]) -> None:
-    """Merge `res` into the weights' JSON (beside the .safetensors), written atomically."""
-    import json
-
-    from lowlight.core.fsio import staged_file
-
-    meta_path = Path(weights).with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    meta.update(res)
-    with staged_file(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")

@@ -15,14 +15,13 @@ import math
 import time
 from itertools import combinations
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lowlight.calibration.data import shared_data_dir
-from typing import Callable
-
 from lowlight.calibration.degrade import RECIPE_MIX, camera_mix, degrade_clip, event_voxels, motion_clip, pseudo_ir
 from lowlight.calibration.frames import load_frames
 from lowlight.core.metrics import psnr, ssim

@@ -55,19 +55,10 @@ def read_photo(path: Path) -> np.ndarray:
 
 
 def heldout_pairs(size: int = 256, per_photo: int = 2, seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Deterministic (low, clean) HxWx3 pairs from the held-out photos: centre crops, fixed noise."""
-    from lowlight.calibration.degrade import degrade
+    """Deterministic (low, clean) HxWx3 pairs from the held-out photos: centre crops, fixed noise (the sRGB recipe)."""
+    from lowlight.calibration.degrade import recipe_pairs
 
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for p in split_photos()[1]:
-        img = read_photo(p)
-        H, W = img.shape[:2]
-        s = min(size, H, W)
-        clean = img[(H - s) // 2 : (H - s) // 2 + s, (W - s) // 2 : (W - s) // 2 + s]
-        for _ in range(per_photo):
-            pairs.append((degrade(clean, rng), clean))
-    return pairs
+    return recipe_pairs([read_photo(p) for p in split_photos()[1]], "srgb", size=size, per_photo=per_photo, seed=seed)
 
 
 def _batch(photos: list[np.ndarray], n: int, crop: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
