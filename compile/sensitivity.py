@@ -42,7 +42,7 @@ from onnx import numpy_helper
 
 from lowlight.core.onnx_graph import GraphIndex, ort_session
 
-__all__ = ["quantized_nodes", "give_back_to_float", "fusion_closure", "measure_float_set", "prune_dead", "MARGIN_DB", "VERSION"]
+__all__ = ["quantized_nodes", "give_back_to_float", "fusion_closure", "measure_float_set", "shortest_prefix", "prune_dead", "MARGIN_DB", "VERSION"]
 
 #: dB the worst calibration frame must clear above --min-fidelity: the measurement sees
 #: calibration frames and the float graph, verification sees held-out frames and PyTorch
@@ -51,7 +51,7 @@ MARGIN_DB = 3.0
 #: tiny's worst real photo fell to 34.6 dB (below --min-fidelity 35)
 PRUNE_MARGIN_DB = 2.0
 #: part of the INT8 cache key: a change to the search must not reuse older artifacts
-VERSION = 7
+VERSION = 8
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -233,6 +233,19 @@ def _time(models: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray], round
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def shortest_prefix(n: int, meets: Callable[[int], bool]) -> int:
+    """The smallest k in 0..n with meets(k), by bisection, assuming meets is monotone and meets(n) holds
+    (a longer prefix of the ranked set gives back more nodes and loses no accuracy); meets(n) is not called."""
+    lo, hi = -1, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def measure_float_set(
     float_path: str | Path,
     qdq_path: str | Path,
@@ -332,18 +345,17 @@ def measure_float_set(
         # Add held 99 % of the error, yet the search gave back 43 of 80 nodes and landed 10 dB past the budget)
         # The last node added is the one that made the worst frame pass, so it stays with every prefix.
         last = given[-1:]
-        lo, hi, best = 0, len(given) - 1, (model, err)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            m_mid = give_back_to_float(qdq, float_model, given[:mid] + last, keep_fused)
-            e_mid = _errors(m_mid, feeds, want)
-            if _db(max(e_mid)) >= budget_db + PRUNE_MARGIN_DB:
-                hi, best = mid, (m_mid, e_mid)
-            else:
-                lo = mid
+        tried: dict[int, tuple[onnx.ModelProto, list[float]]] = {len(given) - 1: (model, err)}
+
+        def meets(k: int) -> bool:
+            m_k = give_back_to_float(qdq, float_model, given[:k] + last, keep_fused)
+            tried[k] = (m_k, _errors(m_k, feeds, want))
+            return _db(max(tried[k][1])) >= budget_db + PRUNE_MARGIN_DB
+
+        keep = shortest_prefix(len(given) - 1, meets)
         report["pruned_from"] = len(given)
-        given = given[:hi] + last
-        model, err = best
+        given = given[:keep] + last
+        model, err = tried[keep]
     closure = sorted(fusion_closure(qdq, set(given))) if keep_fused else []
     timed = given[:time_nodes]
     ms: dict[str, float] = {}

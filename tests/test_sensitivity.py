@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lowlight.compile.quantize import ENGINES
-from lowlight.compile.sensitivity import fusion_closure, give_back_to_float, measure_float_set, quantized_nodes
+from lowlight.compile.sensitivity import fusion_closure, give_back_to_float, measure_float_set, quantized_nodes, shortest_prefix
 from lowlight.core.onnx_graph import ort_session
 
 
@@ -102,6 +102,18 @@ def test_measurement_gives_back_the_sensitive_node_first(toy: tuple[Path, Path, 
     assert 10 * np.log10(1 / max(got)) == pytest.approx(rep["final_db"]["worst"], abs=0.01)
     shares = [g["share_of_int8_error"] for g in rep["given_back"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("need", [0, 1, 5, 42, 43])
+def test_cut_back_finds_the_shortest_prefix_that_meets_the_budget(need: int) -> None:
+    calls: list[int] = []
+
+    def meets(k: int) -> bool:
+        calls.append(k)
+        return k >= need
+
+    assert shortest_prefix(43, meets) == need
+    assert 43 not in calls and len(calls) <= 6  # the full set is known to meet it; log2(44) measurements
 
 
 def test_budget_already_met_gives_back_nothing(toy: tuple[Path, Path, list]) -> None:
