@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     p.add_argument("--pixel-format", choices=["bgr24", "rgb24", "nv12", "yuyv"], default=None,
                    help="take and return the camera's uint8 frames in this format, converted inside the graph "
                         "(TensorRT does it on the GPU; YUV is BT.601 limited range); default: float RGB in [0,1]")
-    p.add_argument("--int8-engine", choices=["auto", "nncf", "ort"], default="auto", help="post-training quantizer (auto: measure both on cpu)")
+    p.add_argument("--int8-engine", choices=["auto", "nncf", "ort", "modelopt"], default="auto",
+                   help="post-training quantizer (auto: cpu times NNCF and ORT; TensorRT targets try NNCF and, where "
+                        "installed ([modelopt] extra), NVIDIA Model Optimizer, keeping the larger INT8 share)")
     p.add_argument("--calib-frames", type=positive_int, default=16, help="calibration samples, spread over the whole --calib source")
     p.add_argument("--verify-frames", type=positive_int, default=8, help="held-out verification samples (never calibration frames)")
     p.add_argument("--profile-runs", type=positive_int, default=20, help="timed runs for the latency profile")

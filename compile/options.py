@@ -22,7 +22,7 @@ class CompileOptions:
     family_options: dict[str, str] = field(default_factory=dict)  # modalities=..., experts=...
     min_fidelity: float = 35.0  # dB, artifact vs FP32 PyTorch
     max_drop: float = 0.3  # dB, PSNR loss against ground truth
-    int8_engine: str = "auto"  # auto|nncf|ort: which post-training quantizer
+    int8_engine: str = "auto"  # auto|nncf|ort|modelopt: which post-training quantizer
     calib_frames: int = 16
     verify_frames: int = 8
     force: bool = False

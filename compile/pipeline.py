@@ -583,7 +583,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
     from lowlight.compile.export import export_onnx, onnx_sha256
     from lowlight.compile.graph import keep_float_nodes
-    from lowlight.compile.quantize import quantize_int8, to_fp16
+    from lowlight.compile.quantize import modelopt_missing, quantize_int8, to_fp16
     from lowlight.compile.simplify import simplify
 
     tag = f" [{comp.name}]" if len(plan.components) > 1 else ""
@@ -672,9 +672,11 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
             final, hit = cache.run(
                 "int8", onnx_sha256(lowered),
-                # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions (older entries did not check)
+                # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions (older entries did not
+                # check); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
-                 "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)}},
+                 "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
+                 **({"modelopt": modelopt_missing() is None} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
                 _int8, "model.onnx",
             )
             report["quantize"] = json.loads((final.parent / "quantize.json").read_text())

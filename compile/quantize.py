@@ -1,11 +1,14 @@
 """Quantize stage: FP16 conversion, or INT8 post-training Q/DQ calibrated on real frames.
 
-Two INT8 engines: NNCF (the default) and onnxruntime's static quantizer. The
-Q/DQ flavour is the target's: TensorRT takes only symmetric int8 with
-zero-point 0 (per-channel weights on axis 0); onnxruntime on x86 runs uint8
-activations x int8 weights (U8S8) fastest. For the CPU target both engines are
-run and timed here, and the faster artifact that keeps fidelity wins: on conv
-U-Nets ORT's U8S8 Q/DQ is typically the fast one.
+Three INT8 engines: NNCF, onnxruntime's static quantizer and, for TensorRT
+targets, NVIDIA's Model Optimizer (`nvidia-modelopt`, ONNX PTQ; the optional
+``[modelopt]`` extra). The Q/DQ flavour is the target's: TensorRT takes only
+symmetric int8 with zero-point 0 (per-channel weights on axis 0); onnxruntime on
+x86 runs uint8 activations x int8 weights (U8S8) fastest. For the CPU target
+NNCF and ORT are run and timed here, and the faster artifact that keeps fidelity
+wins: on conv U-Nets ORT's U8S8 Q/DQ is typically the fast one. For TensorRT
+targets NNCF and Model Optimizer are run (speed can only be timed on the device):
+the faithful artifact with the largest INT8 share of the matrix FLOPs wins.
 A family's keep-float policy is a floor; which other nodes stay float is measured
 (`compile.sensitivity`), per engine, on the engine's own Q/DQ graph.
 """
@@ -161,7 +164,85 @@ def _ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour:
         ort_log.setLevel(level)
 
 
-ENGINES = {"nncf": _nncf_int8, "ort": _ort_int8}
+def modelopt_missing() -> str | None:
+    """Why NVIDIA Model Optimizer's ONNX quantizer cannot be imported here, or None."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("modelopt").setLevel(logging.ERROR)
+            import modelopt.onnx.quantization  # noqa: F401
+    except Exception as e:  # ImportError, or its [onnx] dependencies' own import errors
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    return None
+
+
+#: Model Optimizer's calibration: global max, not its default entropy. On AMNet tiny (jetson-orin, 1x4x3x128x128,
+#: 16 real low-light frames; worst / mean PSNR of 8 others vs the float graph): max 36.8 / 40.1 dB, entropy 36.4 / 38.8.
+MODELOPT_CALIBRATION = "max"
+
+
+def _modelopt_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
+    """NVIDIA Model Optimizer's ONNX PTQ: Q/DQ placed by TensorRT's rules (on the inputs of Conv/MatMul/Gemm and
+    the ops TensorRT fuses with them, not on every tensor), symmetric int8, calibrated with onnxruntime on the CPU."""
+    import re
+    import shutil
+    import tempfile
+
+    from lowlight.core.errors import LowlightError
+
+    if flavour != "trt-s8s8":
+        raise LowlightError("Model Optimizer writes TensorRT's Q/DQ, not onnxruntime's U8S8",
+                            "use --int8-engine auto, nncf or ort for the cpu target")
+    why = modelopt_missing()
+    if why:
+        raise LowlightError(f"NVIDIA Model Optimizer's ONNX quantizer is not importable ({why})",
+                            "pip install 'lowlight-compile[modelopt]', or use --int8-engine nncf")
+    from modelopt.onnx import trt_utils
+    from modelopt.onnx.quantization import quantize
+
+    from lowlight.kernels.trt_plugins import tensorrt_available
+
+    if not tensorrt_available():
+        # tensorrt-stubs' bare `tensorrt/` folder imports as an empty namespace package, which Model Optimizer
+        # takes for TensorRT and asks for plugin layers (AttributeError: no trt.Logger)
+        trt_utils.TRT_PYTHON_AVAILABLE = False
+    names = list(feeds[0])
+    data = {k: np.concatenate([f[k] for f in feeds], axis=0) for k in names}
+    # Model Optimizer saves a renamed copy next to the model it reads: give it a copy, not the cached artifact
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        local = Path(tmp) / "model.onnx"
+        shutil.copyfile(src, local)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            quantize(
+                str(local),
+                quantize_mode="int8",
+                calibration_data=data,
+                calibration_method=MODELOPT_CALIBRATION,
+                calibration_eps=["cpu"],
+                nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep_float] or None,
+                high_precision_dtype="fp32",  # the rest stays as exported: FP16 is the TensorRT builder's flag
+                output_path=str(Path(tmp) / "q.onnx"),
+                log_level="ERROR",
+            )
+        save_onnx(onnx.load(str(Path(tmp) / "q.onnx")), dst)
+
+
+ENGINES = {"nncf": _nncf_int8, "ort": _ort_int8, "modelopt": _modelopt_int8}
+
+
+def int8_matrix_share(float_path: str | Path, qdq: "str | Path | onnx.ModelProto") -> float:
+    """Share of the float graph's Conv/ConvTranspose/MatMul/Gemm FLOPs that run quantized in `qdq` (read a
+    DequantizeLinear output): a device-free proxy of TensorRT INT8 speed, where INT8 has twice FP16's peak."""
+    from lowlight.compile.roofline import MATRIX_OPS, node_flops, static_shapes
+    from lowlight.compile.sensitivity import quantized_nodes
+
+    fm = onnx.load(str(float_path))
+    shapes = static_shapes(fm)
+    flops = {n.name: node_flops(n, shapes) for n in fm.graph.node if n.op_type in MATRIX_OPS and n.name}
+    q = set(quantized_nodes(qdq if isinstance(qdq, onnx.ModelProto) else onnx.load(str(qdq))))
+    total = sum(flops.values())
+    return sum(v for n, v in flops.items() if n in q) / total if total else 0.0
 
 
 def time_onnx(path: str | Path, feed: dict[str, np.ndarray], runs: int = 5) -> float:
@@ -251,7 +332,9 @@ def quantize_int8(
     None: only the floor stays float.
     engine="auto": for onnxruntime flavour ("ort-u8s8"), run NNCF and ORT, time both
     here and keep the fastest whose fidelity to the float graph is >= min_fidelity;
-    for TensorRT flavour, NNCF (its speed can only be measured on the device).
+    for TensorRT flavour, NNCF and Model Optimizer (where installed), keeping the faithful
+    one with the largest INT8 share of the matrix FLOPs (`int8_matrix_share`; TensorRT
+    speed can only be measured on the device). Graphs with TensorRT plugin nodes: ORT only.
     """
     src, dst = Path(src), Path(dst)
     check_feeds = check_feeds or feeds[:2]
@@ -271,13 +354,17 @@ def quantize_int8(
 
         raise LowlightError(f"NNCF cannot calibrate this graph here: {too_big}",
                             "use --int8-engine ort (or auto), or compile a smaller --shape and tile at run time")
+    modelopt_why = modelopt_missing() if flavour == "trt-s8s8" and engine == "auto" and not has_plugins else None
     if engine == "auto":
         if has_plugins:
             # TensorRT plugin nodes: NNCF's statistics model drops the model-local
             # function bodies onnxruntime needs to run them; ORT's quantizer keeps them
+            # (and so would Model Optimizer's calibration run, which cannot execute them either)
             candidates = ["ort"]
+        elif flavour == "ort-u8s8":
+            candidates = ["nncf", "ort"]
         else:
-            candidates = ["nncf", "ort"] if flavour == "ort-u8s8" else ["nncf"]
+            candidates = ["nncf"] + ([] if modelopt_why else ["modelopt"])
     else:
         candidates = [engine]
     if too_big and "nncf" in candidates:
@@ -288,7 +375,11 @@ def quantize_int8(
     report: dict[str, Any] = {"flavour": flavour, "calibration_samples": len(feeds), "kept_float": keep_float, "engines": {}}
     if too_big:
         report["nncf_skipped"] = too_big
-    float_time = time_onnx(src, check_feeds[0]) if len(candidates) > 1 else None
+    if modelopt_why:
+        report["modelopt_skipped"] = modelopt_why
+        say(f"    Model Optimizer not tried: {modelopt_why} (pip install 'lowlight-compile[modelopt]')")
+    by_share = flavour == "trt-s8s8" and len(candidates) > 1
+    float_time = time_onnx(src, check_feeds[0]) if len(candidates) > 1 and not by_share else None
     if float_time is not None:
         report["float_seconds"] = float_time
     best: tuple[float, str] | None = None
@@ -307,7 +398,11 @@ def quantize_int8(
         entry: dict[str, Any] = {"fidelity_db_vs_float": qdq_fidelity(src, out, check_feeds)}
         if measured is not None:
             entry["float_nodes"] = measured
-        if len(candidates) > 1:
+        if by_share:
+            # TensorRT's speed can only be timed on the device; the INT8 share of the matrix work ranks the
+            # candidates (INT8 has twice FP16's tensor-core peak on Orin and Ampere/Hopper)
+            entry["int8_matrix_share"] = round(int8_matrix_share(src, out), 4)
+        elif len(candidates) > 1:
             entry["seconds"] = time_onnx(out, check_feeds[0])
             entry["speedup_vs_float"] = float_time / entry["seconds"]  # type: ignore[operator]
             if flavour == "ort-u8s8":
@@ -317,7 +412,7 @@ def quantize_int8(
 
                 entry["fusion"] = ort_int8_fusion(out)
         report["engines"][name] = entry
-        score = entry.get("seconds", 0.0)
+        score = -entry["int8_matrix_share"] if by_share else entry.get("seconds", 0.0)
         if entry["fidelity_db_vs_float"] >= min_fidelity and entry.get("fusion", {}).get("fused", True) and (best is None or score < best[0]):
             best = (score, name)
     if best is None:  # every faithful engine left convolutions unfused: the fastest faithful one, as before the check
@@ -326,6 +421,10 @@ def quantize_int8(
     if best is None:  # none meets the budget: keep the most faithful, verify will fail loudly
         best = (0.0, max(report["engines"], key=lambda n: report["engines"][n]["fidelity_db_vs_float"]))
     chosen = best[1]
+    if len(candidates) > 1:
+        report["chosen_by"] = ("largest INT8 share of the matrix FLOPs among engines >= min_fidelity (TensorRT timing "
+                               "needs the device)" if by_share else "fastest onnxruntime timing among engines >= min_fidelity "
+                               "whose Q/DQ convolutions onnxruntime fused")
     dst.with_name(f"{dst.stem}.{chosen}{dst.suffix}").replace(dst)
     for name in candidates:
         dst.with_name(f"{dst.stem}.{name}{dst.suffix}").unlink(missing_ok=True)

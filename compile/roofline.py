@@ -36,7 +36,8 @@ VIEW_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 TRANSCENDENTAL = {"Sigmoid": 4, "Tanh": 4, "Exp": 2, "Erf": 4, "Softmax": 5, "Log": 2, "Sqrt": 2, "Pow": 4}
 
 
-def _shapes(model: "onnx.ModelProto") -> dict[str, tuple[int, ...]]:
+def static_shapes(model: "onnx.ModelProto") -> dict[str, tuple[int, ...]]:
+    """Every tensor of `model` whose shape inference gives a fully static shape, and every initializer."""
     from onnx import shape_inference
 
     inferred = shape_inference.infer_shapes(model, data_prop=True)
@@ -86,7 +87,7 @@ def estimate(onnx_path: str | Path, target: "Target", precision: str) -> dict[st
     import onnx
 
     model = onnx.load(str(onnx_path))
-    shapes = _shapes(model)
+    shapes = static_shapes(model)
     ebytes = ELEMENT_BYTES.get(precision, 4)
     inits = {i.name for i in model.graph.initializer}
     consts = {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
