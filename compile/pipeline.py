@@ -199,7 +199,9 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     # Calibration and verification never share a frame: one source is split, identical files elsewhere left out.
     calib_src = Path(opts.calib) if opts.calib else SAMPLES_DIR
     verify_src = Path(opts.verify_data) if opts.verify_data else default_verify_source()
-    data = select_data(calib_src if precision == "int8" else None, opts.calib_frames, verify_src, opts.verify_frames,
+    # FP16 for TensorRT by Model Optimizer's AutoCast runs the graph on the calibration frames to find overflow
+    autocast = precision == "fp16" and target.qdq_flavour == "trt-s8s8" and _modelopt_ready()
+    data = select_data(calib_src if precision == "int8" or autocast else None, opts.calib_frames, verify_src, opts.verify_frames,
                        opts.ground_truth, batch=batch, say=progress.say)
     calib_frames = data.calibration.frames if data.calibration else []
     verify_frames = data.verification.frames
@@ -207,7 +209,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
 
     calib_by_comp: dict[str, list[dict[str, np.ndarray]]] = {}
     measure_by_comp: dict[str, list[dict[str, np.ndarray]]] = {}
-    if precision == "int8":
+    if precision == "int8" or autocast:
         calib_feeds = plan.make_inputs(calib_frames, 0)
         if not calib_feeds:
             raise CalibrationError(
@@ -216,6 +218,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
             )
         single = len(plan.components) == 1 and [t.name for t in plan.components[0].inputs] == [t.name for t in plan.inputs]
         calib_by_comp = {plan.components[0].name: calib_feeds} if single else _record(plan, calib_feeds, progress)
+    if precision == "int8":
         # which nodes return to float is measured on the calibration frames and on them brighter
         # (calibration.frames.exposure_bracket): the ranges stay those of the calibration frames
         from lowlight.calibration.frames import BRACKET_FRAMES, exposure_bracket, spread
@@ -583,7 +586,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
     from lowlight.compile.export import export_onnx, onnx_sha256
     from lowlight.compile.graph import keep_float_nodes
-    from lowlight.compile.quantize import modelopt_missing, quantize_int8, to_fp16
+    from lowlight.compile.quantize import fp16_autocast, quantize_int8, to_fp16
     from lowlight.compile.simplify import simplify
 
     tag = f" [{comp.name}]" if len(plan.components) > 1 else ""
@@ -646,9 +649,19 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
         if precision == "fp32":
             final = lowered
             report["quantize"] = {"precision": "fp32"}
+        elif precision == "fp16" and target.qdq_flavour == "trt-s8s8" and calib_feeds and _modelopt_ready():
+            def _autocast(d: Path) -> None:
+                rep = fp16_autocast(lowered, d / "model.onnx", keep_float, calib_feeds)
+                (d / "quantize.json").write_text(json.dumps(rep, indent=1))
+
+            final, hit = cache.run("fp16", onnx_sha256(lowered), {"keep": keep_float, "engine": "modelopt.autocast",
+                                                                  "calib": _feeds_hash(calib_feeds)}, _autocast, "model.onnx")
+            auto = json.loads((final.parent / "quantize.json").read_text())
+            report["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float), **auto}
+            note["note"] = ("cached, " if hit else "") + f"AutoCast: {len(keep_float)} nodes FP32 by the family's policy, {len(auto['fp32_by_measurement'])} more by measurement"
         elif precision == "fp16":
             final, hit = cache.run("fp16", onnx_sha256(lowered), {"keep": keep_float}, lambda d: to_fp16(lowered, d / "model.onnx", keep_float), "model.onnx")
-            report["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float)}
+            report["quantize"] = {"precision": "fp16", "kept_float_nodes": len(keep_float), "engine": "onnxruntime.transformers.float16"}
             note["note"] = "cached" if hit else ""
         else:
             if not calib_feeds:
@@ -676,13 +689,20 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
                 # check); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
                  "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
-                 **({"modelopt": modelopt_missing() is None} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
+                 **({"modelopt": _modelopt_ready()} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
                 _int8, "model.onnx",
             )
             report["quantize"] = json.loads((final.parent / "quantize.json").read_text())
             report["_keep_float"] = report["quantize"].get("kept_float", int8_floor)
             note["note"] = ("cached, " if hit else "") + f"engine {report['quantize']['engine']}, {len(calib_feeds)} calibration samples"
     return final, lowered, report
+
+
+def _modelopt_ready() -> bool:
+    """NVIDIA Model Optimizer's ONNX tools import here (the [modelopt] extra)."""
+    from lowlight.compile.quantize import modelopt_missing
+
+    return modelopt_missing() is None
 
 
 def _import_onnx(src: Path, shapes: dict[str, tuple[int, ...]], dst: Path) -> None:

@@ -51,6 +51,56 @@ def to_fp16(src: str | Path, dst: str | Path, keep_float: list[str]) -> dict[str
     return {"engine": "onnxruntime.transformers.float16", "kept_float": len(keep_float)}
 
 
+#: AutoCast keeps a node FP32 when its inputs or outputs exceed this magnitude on the calibration frames (Model
+#: Optimizer's default): a sum of squares over a NAFNet-style LayerNorm can leave FP16's range (65504) long before
+#: the activations themselves do.
+AUTOCAST_DATA_MAX = 512.0
+
+
+def fp16_autocast(src: str | Path, dst: str | Path, keep_float: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """FP16 for TensorRT targets by NVIDIA Model Optimizer's AutoCast: the graph runs once in FP32 on `feeds`
+    (onnxruntime, CPU) and the nodes whose values exceed AUTOCAST_DATA_MAX stay FP32 beside `keep_float`;
+    float32 inputs/outputs. Returns which nodes AutoCast kept FP32 beyond `keep_float` ("fp32_by_measurement")."""
+    import re
+    import shutil
+    import tempfile
+
+    from lowlight.core.errors import LowlightError
+
+    why = modelopt_missing()
+    if why:
+        raise LowlightError(f"NVIDIA Model Optimizer's AutoCast is not importable ({why})", "pip install 'lowlight-compile[modelopt]'")
+    from modelopt.onnx import trt_utils
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    from lowlight.kernels.trt_plugins import tensorrt_available
+
+    if not tensorrt_available():  # see _modelopt_int8
+        trt_utils.TRT_PYTHON_AVAILABLE = False
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        local = Path(tmp) / "model.onnx"
+        shutil.copyfile(src, local)
+        data = Path(tmp) / "frames"
+        data.mkdir()
+        for i, f in enumerate(feeds):  # AutoCast reads a folder of .npz, one inference each
+            np.savez(data / f"{i:04d}.npz", **f)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.getLogger("modelopt").setLevel(logging.ERROR)
+            model = convert_to_mixed_precision(
+                str(local), low_precision_type="fp16", keep_io_types=True, calibration_data=str(data), providers=["cpu"],
+                nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep_float] or None, data_max=AUTOCAST_DATA_MAX,
+            )
+    save_onnx(model, dst)
+    typed = onnx.shape_inference.infer_shapes(model)
+    fp32 = {v.name for v in (*typed.graph.value_info, *typed.graph.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    stayed = [n.name for n in model.graph.node if n.op_type not in ("Cast", "Constant") and any(o in fp32 for o in n.output)]
+    floor = set(keep_float)
+    return {"engine": "modelopt.autocast", "data_max": AUTOCAST_DATA_MAX, "calibration_samples": len(feeds),
+            "kept_float": len(keep_float), "fp32_by_measurement": [n for n in stayed if n not in floor]}
+
+
 def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
     import nncf
     import onnx

@@ -105,3 +105,49 @@ def test_modelopt_refuses_the_cpu_flavour(tmp_path: Path) -> None:
     _chain(tmp_path / "f.onnx")
     with pytest.raises(LowlightError, match="TensorRT's Q/DQ"):
         ENGINES["modelopt"](tmp_path / "f.onnx", tmp_path / "q.onnx", _feeds(2, 0), "ort-u8s8", [])
+
+
+def _layernorm_like(path: Path) -> None:
+    """conv -> relu -> x300 -> square -> mean over channels -> sqrt -> /300: an RMS norm whose sum of squares
+    leaves FP16's range (65504) while its input and output do not (NAFNet's LayerNorm2d has the same shape)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(np.array(300.0, np.float32), "k")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Mul", ["r", "k"], ["s"], name="scale"),
+             helper.make_node("Mul", ["s", "s"], ["sq"], name="square"),
+             helper.make_node("ReduceMean", ["sq"], ["v"], name="mean", axes=[1], keepdims=1),
+             helper.make_node("Sqrt", ["v"], ["rms"], name="sqrt"),
+             helper.make_node("Div", ["rms", "k"], ["y"], name="unscale")]
+    g = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+def test_autocast_keeps_the_nodes_that_overflow_fp16_in_fp32(tmp_path: Path) -> None:
+    from lowlight.compile.quantize import fp16_autocast, to_fp16
+
+    _layernorm_like(tmp_path / "f.onnx")
+    feeds = [{"x": np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32)} for i in range(4)]
+    rep = fp16_autocast(tmp_path / "f.onnx", tmp_path / "auto.onnx", [], feeds)
+    assert {"square", "mean"} <= set(rep["fp32_by_measurement"]) and "conv" not in rep["fp32_by_measurement"]
+    to_fp16(tmp_path / "f.onnx", tmp_path / "half.onnx", [])
+
+    def dtype_of(path: Path, tensor: str) -> int:
+        typed = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        return next(v.type.tensor_type.elem_type for v in typed.graph.value_info if v.name == tensor)
+
+    # onnxruntime's converter computes the sum of squares (up to 6.6e5 here) in FP16, which TensorRT would run as
+    # inf; AutoCast keeps it FP32 (onnxruntime's CPU kernels upcast FP16 themselves, so only the graph shows it)
+    assert dtype_of(tmp_path / "half.onnx", "sq") == onnx.TensorProto.FLOAT16
+    assert dtype_of(tmp_path / "auto.onnx", "sq") == onnx.TensorProto.FLOAT
+    assert dtype_of(tmp_path / "auto.onnx", "r") == onnx.TensorProto.FLOAT16  # the conv runs in FP16
+    ref = ort_session(str(tmp_path / "f.onnx")).run(None, feeds[0])[0]
+    auto = ort_session(str(tmp_path / "auto.onnx")).run(None, feeds[0])[0]
+    np.testing.assert_allclose(auto, ref, rtol=1e-2, atol=1e-2)
+    kept = fp16_autocast(tmp_path / "f.onnx", tmp_path / "kept.onnx", ["conv"], feeds)
+    assert "conv" not in kept["fp32_by_measurement"] and kept["kept_float"] == 1  # the floor is reported apart
