@@ -649,7 +649,8 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
         if precision == "fp32":
             final = lowered
             report["quantize"] = {"precision": "fp32"}
-        elif precision == "fp16" and target.qdq_flavour == "trt-s8s8" and calib_feeds and _modelopt_ready():
+        elif precision == "fp16" and target.qdq_flavour == "trt-s8s8" and calib_feeds and _modelopt_ready() \
+                and not _has_plugin_nodes(lowered):  # AutoCast's FP32 run cannot execute TensorRT plugin nodes
             def _autocast(d: Path) -> None:
                 rep = fp16_autocast(lowered, d / "model.onnx", keep_float, calib_feeds)
                 (d / "quantize.json").write_text(json.dumps(rep, indent=1))
@@ -703,6 +704,15 @@ def _modelopt_ready() -> bool:
     from lowlight.compile.quantize import modelopt_missing
 
     return modelopt_missing() is None
+
+
+def _has_plugin_nodes(path: Path) -> bool:
+    """Does the graph at `path` hold TensorRT plugin nodes (the lowlight custom domain)?"""
+    import onnx
+
+    from lowlight.core.onnx_graph import CUSTOM_DOMAIN
+
+    return any(n.domain == CUSTOM_DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def _import_onnx(src: Path, shapes: dict[str, tuple[int, ...]], dst: Path) -> None:

@@ -51,54 +51,12 @@ def to_fp16(src: str | Path, dst: str | Path, keep_float: list[str]) -> dict[str
     return {"engine": "onnxruntime.transformers.float16", "kept_float": len(keep_float)}
 
 
-#: AutoCast keeps a node FP32 when its inputs or outputs exceed this magnitude on the calibration frames (Model
-#: Optimizer's default): a sum of squares over a NAFNet-style LayerNorm can leave FP16's range (65504) long before
-#: the activations themselves do.
-AUTOCAST_DATA_MAX = 512.0
-
-
 def fp16_autocast(src: str | Path, dst: str | Path, keep_float: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
-    """FP16 for TensorRT targets by NVIDIA Model Optimizer's AutoCast: the graph runs once in FP32 on `feeds`
-    (onnxruntime, CPU) and the nodes whose values exceed AUTOCAST_DATA_MAX stay FP32 beside `keep_float`;
-    float32 inputs/outputs. Returns which nodes AutoCast kept FP32 beyond `keep_float` ("fp32_by_measurement")."""
-    import re
-    import shutil
-    import tempfile
+    """FP16 for TensorRT targets by NVIDIA Model Optimizer's AutoCast (`compile.modelopt_ptq.autocast`): the graph
+    runs once in FP32 on `feeds` and the nodes whose values leave +-512 stay FP32 beside `keep_float`."""
+    from lowlight.compile import modelopt_ptq
 
-    from lowlight.core.errors import LowlightError
-
-    why = modelopt_missing()
-    if why:
-        raise LowlightError(f"NVIDIA Model Optimizer's AutoCast is not importable ({why})", "pip install 'lowlight-compile[modelopt]'")
-    from modelopt.onnx import trt_utils
-    from modelopt.onnx.autocast import convert_to_mixed_precision
-
-    from lowlight.kernels.trt_plugins import tensorrt_available
-
-    if not tensorrt_available():  # see _modelopt_int8
-        trt_utils.TRT_PYTHON_AVAILABLE = False
-    dst = Path(dst)
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        local = Path(tmp) / "model.onnx"
-        shutil.copyfile(src, local)
-        data = Path(tmp) / "frames"
-        data.mkdir()
-        for i, f in enumerate(feeds):  # AutoCast reads a folder of .npz, one inference each
-            np.savez(data / f"{i:04d}.npz", **f)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            logging.getLogger("modelopt").setLevel(logging.ERROR)
-            model = convert_to_mixed_precision(
-                str(local), low_precision_type="fp16", keep_io_types=True, calibration_data=str(data), providers=["cpu"],
-                nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep_float] or None, data_max=AUTOCAST_DATA_MAX,
-            )
-    save_onnx(model, dst)
-    typed = onnx.shape_inference.infer_shapes(model)
-    fp32 = {v.name for v in (*typed.graph.value_info, *typed.graph.output) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    stayed = [n.name for n in model.graph.node if n.op_type not in ("Cast", "Constant") and any(o in fp32 for o in n.output)]
-    floor = set(keep_float)
-    return {"engine": "modelopt.autocast", "data_max": AUTOCAST_DATA_MAX, "calibration_samples": len(feeds),
-            "kept_float": len(keep_float), "fp32_by_measurement": [n for n in stayed if n not in floor]}
+    return modelopt_ptq.autocast(src, dst, keep_float, feeds)
 
 
 def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
@@ -215,67 +173,21 @@ def _ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour:
 
 
 def modelopt_missing() -> str | None:
-    """Why NVIDIA Model Optimizer's ONNX quantizer cannot be imported here, or None."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.getLogger("modelopt").setLevel(logging.ERROR)
-            import modelopt.onnx.quantization  # noqa: F401
-    except Exception as e:  # ImportError, or its [onnx] dependencies' own import errors
-        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    return None
+    """Why NVIDIA Model Optimizer's ONNX tools cannot be imported here, or None."""
+    from lowlight.compile import modelopt_ptq
 
-
-#: Model Optimizer's calibration: global max, not its default entropy. On AMNet tiny (jetson-orin, 1x4x3x128x128,
-#: 16 real low-light frames; worst / mean PSNR of 8 others vs the float graph): max 36.8 / 40.1 dB, entropy 36.4 / 38.8.
-MODELOPT_CALIBRATION = "max"
+    return modelopt_ptq.missing()
 
 
 def _modelopt_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour: str, keep_float: list[str]) -> None:
-    """NVIDIA Model Optimizer's ONNX PTQ: Q/DQ placed by TensorRT's rules (on the inputs of Conv/MatMul/Gemm and
-    the ops TensorRT fuses with them, not on every tensor), symmetric int8, calibrated with onnxruntime on the CPU."""
-    import re
-    import shutil
-    import tempfile
-
+    """NVIDIA Model Optimizer's ONNX PTQ (`compile.modelopt_ptq.int8`): Q/DQ by TensorRT's rules, symmetric int8."""
+    from lowlight.compile import modelopt_ptq
     from lowlight.core.errors import LowlightError
 
     if flavour != "trt-s8s8":
         raise LowlightError("Model Optimizer writes TensorRT's Q/DQ, not onnxruntime's U8S8",
                             "use --int8-engine auto, nncf or ort for the cpu target")
-    why = modelopt_missing()
-    if why:
-        raise LowlightError(f"NVIDIA Model Optimizer's ONNX quantizer is not importable ({why})",
-                            "pip install 'lowlight-compile[modelopt]', or use --int8-engine nncf")
-    from modelopt.onnx import trt_utils
-    from modelopt.onnx.quantization import quantize
-
-    from lowlight.kernels.trt_plugins import tensorrt_available
-
-    if not tensorrt_available():
-        # tensorrt-stubs' bare `tensorrt/` folder imports as an empty namespace package, which Model Optimizer
-        # takes for TensorRT and asks for plugin layers (AttributeError: no trt.Logger)
-        trt_utils.TRT_PYTHON_AVAILABLE = False
-    names = list(feeds[0])
-    data = {k: np.concatenate([f[k] for f in feeds], axis=0) for k in names}
-    # Model Optimizer saves a renamed copy next to the model it reads: give it a copy, not the cached artifact
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
-        local = Path(tmp) / "model.onnx"
-        shutil.copyfile(src, local)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            quantize(
-                str(local),
-                quantize_mode="int8",
-                calibration_data=data,
-                calibration_method=MODELOPT_CALIBRATION,
-                calibration_eps=["cpu"],
-                nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep_float] or None,
-                high_precision_dtype="fp32",  # the rest stays as exported: FP16 is the TensorRT builder's flag
-                output_path=str(Path(tmp) / "q.onnx"),
-                log_level="ERROR",
-            )
-        save_onnx(onnx.load(str(Path(tmp) / "q.onnx")), dst)
+    modelopt_ptq.int8(src, dst, feeds, keep_float)
 
 
 ENGINES = {"nncf": _nncf_int8, "ort": _ort_int8, "modelopt": _modelopt_int8}

@@ -151,3 +151,16 @@ def test_autocast_keeps_the_nodes_that_overflow_fp16_in_fp32(tmp_path: Path) -> 
     np.testing.assert_allclose(auto, ref, rtol=1e-2, atol=1e-2)
     kept = fp16_autocast(tmp_path / "f.onnx", tmp_path / "kept.onnx", ["conv"], feeds)
     assert "conv" not in kept["fp32_by_measurement"] and kept["kept_float"] == 1  # the floor is reported apart
+
+
+def test_onnxruntime_quantizer_still_works_after_modelopt_in_the_same_process(tmp_path: Path) -> None:
+    """Model Optimizer patches onnxruntime's quantization classes process-wide when it runs; it runs in a child
+    process, so a later onnxruntime INT8 (the cpu target in the same compile or test session) is unaffected."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    before = MinMaxCalibrater.collect_data
+    _chain(tmp_path / "f.onnx")
+    ENGINES["modelopt"](tmp_path / "f.onnx", tmp_path / "mo.onnx", _feeds(4, 0), "trt-s8s8", [])
+    assert MinMaxCalibrater.collect_data is before
+    ENGINES["ort"](tmp_path / "f.onnx", tmp_path / "ort.onnx", _feeds(4, 0), "ort-u8s8", [])
+    assert _psnr_to_float(tmp_path / "f.onnx", tmp_path / "ort.onnx", _feeds(2, 1)) > 25
