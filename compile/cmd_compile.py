@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser, family: Any = None) -> None:
     p.add_argument("--int8-engine", choices=["auto", "nncf", "ort", "modelopt"], default="auto",
                    help="post-training quantizer (auto: cpu times NNCF and ORT; TensorRT targets try NNCF and, where "
                         "installed ([modelopt] extra), NVIDIA Model Optimizer, keeping the larger INT8 share)")
+    p.add_argument("--fp16-engine", choices=["auto", "autocast", "ort"], default="auto",
+                   help="FP16 conversion (auto: Model Optimizer's AutoCast for TensorRT targets where installed, which "
+                        "runs the graph on the calibration frames and keeps overflowing nodes FP32; ort: onnxruntime's "
+                        "converter, the family's keep-float policy only; about a minute less on large unrolled graphs)")
     p.add_argument("--calib-frames", type=positive_int, default=16, help="calibration samples, spread over the whole --calib source")
     p.add_argument("--verify-frames", type=positive_int, default=8, help="held-out verification samples (never calibration frames)")
     p.add_argument("--profile-runs", type=positive_int, default=20, help="timed runs for the latency profile")
@@ -79,7 +83,7 @@ def run(a: argparse.Namespace) -> int:
     opts = CompileOptions(
         checkpoint=a.checkpoint, model=a.model, config=a.config, target=a.target, precision=a.precision,
         calib=a.calib, verify_data=a.verify_data, ground_truth=a.ground_truth, shape=a.shape, out=a.out,
-        family_options=family_options, min_fidelity=a.min_fidelity, max_drop=a.max_drop, int8_engine=a.int8_engine,
+        family_options=family_options, min_fidelity=a.min_fidelity, max_drop=a.max_drop, int8_engine=a.int8_engine, fp16_engine=a.fp16_engine,
         calib_frames=a.calib_frames, verify_frames=a.verify_frames, force=a.force, cache_dir=a.cache_dir,
         trt_version=a.trt_version, dla=a.dla, profile_runs=a.profile_runs, quiet=a.quiet, pixel_format=a.pixel_format,
         backend=a.backend,

@@ -23,6 +23,7 @@ class CompileOptions:
     min_fidelity: float = 35.0  # dB, artifact vs FP32 PyTorch
     max_drop: float = 0.3  # dB, PSNR loss against ground truth
     int8_engine: str = "auto"  # auto|nncf|ort|modelopt: which post-training quantizer
+    fp16_engine: str = "auto"  # auto|autocast|ort: FP16 conversion (auto: AutoCast for TensorRT where installed)
     calib_frames: int = 16
     verify_frames: int = 8
     force: bool = False

@@ -200,7 +200,7 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
     calib_src = Path(opts.calib) if opts.calib else SAMPLES_DIR
     verify_src = Path(opts.verify_data) if opts.verify_data else default_verify_source()
     # FP16 for TensorRT by Model Optimizer's AutoCast runs the graph on the calibration frames to find overflow
-    autocast = precision == "fp16" and target.qdq_flavour == "trt-s8s8" and _modelopt_ready()
+    autocast = _wants_autocast(opts, target, precision)
     data = select_data(calib_src if precision == "int8" or autocast else None, opts.calib_frames, verify_src, opts.verify_frames,
                        opts.ground_truth, batch=batch, say=progress.say)
     calib_frames = data.calibration.frames if data.calibration else []
@@ -649,7 +649,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
         if precision == "fp32":
             final = lowered
             report["quantize"] = {"precision": "fp32"}
-        elif precision == "fp16" and target.qdq_flavour == "trt-s8s8" and calib_feeds and _modelopt_ready() \
+        elif _wants_autocast(opts, target, precision) and calib_feeds \
                 and not _has_plugin_nodes(lowered):  # AutoCast's FP32 run cannot execute TensorRT plugin nodes
             def _autocast(d: Path) -> None:
                 rep = fp16_autocast(lowered, d / "model.onnx", keep_float, calib_feeds)
@@ -704,6 +704,22 @@ def _modelopt_ready() -> bool:
     from lowlight.compile.quantize import modelopt_missing
 
     return modelopt_missing() is None
+
+
+def _wants_autocast(opts: CompileOptions, target: Any, precision: str) -> bool:
+    """FP16 by Model Optimizer's AutoCast: --fp16-engine autocast, or auto on a TensorRT target where it imports."""
+    if precision != "fp16" or opts.fp16_engine == "ort":
+        return False
+    if opts.fp16_engine == "autocast":
+        if target.qdq_flavour != "trt-s8s8":
+            raise LowlightError(f"--fp16-engine autocast is for TensorRT targets, not {target.name}", "use --fp16-engine auto or ort")
+        if not _modelopt_ready():
+            from lowlight.compile.quantize import modelopt_missing
+
+            raise LowlightError(f"--fp16-engine autocast needs NVIDIA Model Optimizer ({modelopt_missing()})",
+                                "pip install 'lowlight-compile[modelopt]', or use --fp16-engine ort")
+        return True
+    return target.qdq_flavour == "trt-s8s8" and _modelopt_ready()
 
 
 def _has_plugin_nodes(path: Path) -> bool:

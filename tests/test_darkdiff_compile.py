@@ -115,7 +115,8 @@ def test_jetson_orin_student_unrolled_is_one_graph_of_trt_10_3_ops(student_bundl
     out = tmp_path / "orin"
     compile_bundle(CompileOptions(model="darkdiff", config="tiny", checkpoint=str(tiny_teacher), shape=SHAPE, out=str(out),
                                   target="jetson-orin", precision="fp16", calib_frames=8, verify_frames=4, profile_runs=2,
-                                  quiet=True, family_options={"steps": "2", "unroll": "yes"}))
+                                  quiet=True, family_options={"steps": "2", "unroll": "yes"},
+                                  fp16_engine="ort"))  # AutoCast adds ~50 s on this graph; tests/test_modelopt.py covers it
     m = json.loads((out / "manifest.json").read_text())
     assert list(m["components"]) == ["sampler"] or len(m["components"]) == 1
     model = onnx.load(str(out / "model.onnx"))

@@ -164,3 +164,13 @@ def test_onnxruntime_quantizer_still_works_after_modelopt_in_the_same_process(tm
     assert MinMaxCalibrater.collect_data is before
     ENGINES["ort"](tmp_path / "f.onnx", tmp_path / "ort.onnx", _feeds(4, 0), "ort-u8s8", [])
     assert _psnr_to_float(tmp_path / "f.onnx", tmp_path / "ort.onnx", _feeds(2, 1)) > 25
+
+
+def test_fp16_engine_autocast_is_refused_where_it_cannot_run(tmp_path: Path) -> None:
+    from lowlight.compile.options import CompileOptions
+    from lowlight.compile.pipeline import compile_bundle
+
+    with pytest.raises(LowlightError, match="TensorRT targets") as err:
+        compile_bundle(CompileOptions(model="amnet", config="tiny", target="cpu", precision="fp16", fp16_engine="autocast",
+                                      out=str(tmp_path / "b"), quiet=True))
+    assert "--fp16-engine" in (err.value.fix or "") and not (tmp_path / "b").exists()

@@ -335,6 +335,12 @@ def test_e2e_jetson_orin_fp16_default(tmp_path: Path, cache_dir: Path, tiny_chec
     assert plan["inputs"] == {"rgb": {"shape": [1, 4, 3, 64, 64], "dtype": "float32"}}
     assert "build_plan.json" in m["files"] and not (r.bundle / "calibration.cache").exists()
     assert r.verification["passed"]
+    from lowlight.compile.quantize import modelopt_missing
+
+    q = m["stages"]["quantize"]  # FP16 by AutoCast where Model Optimizer is installed (dev), else onnxruntime's converter
+    assert q["engine"] == ("onnxruntime.transformers.float16" if modelopt_missing() else "modelopt.autocast")
+    if not modelopt_missing():
+        assert q["calibration_samples"] > 0 and isinstance(q["fp32_by_measurement"], list)
 
 
 @pytest.mark.slow
