@@ -586,7 +586,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
     from lowlight.compile.export import export_onnx, onnx_sha256
     from lowlight.compile.graph import keep_float_nodes
-    from lowlight.compile.quantize import fp16_autocast, quantize_int8, to_fp16
+    from lowlight.compile.quantize import fp16_autocast, modelopt_missing, quantize_int8, to_fp16
     from lowlight.compile.simplify import simplify
 
     tag = f" [{comp.name}]" if len(plan.components) > 1 else ""
@@ -690,7 +690,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
                 # check); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
                  "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
-                 **({"modelopt": _modelopt_ready()} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
+                 **({"modelopt": modelopt_missing() is None} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
                 _int8, "model.onnx",
             )
             report["quantize"] = json.loads((final.parent / "quantize.json").read_text())
@@ -699,36 +699,29 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
     return final, lowered, report
 
 
-def _modelopt_ready() -> bool:
-    """NVIDIA Model Optimizer's ONNX tools import here (the [modelopt] extra)."""
-    from lowlight.compile.quantize import modelopt_missing
-
-    return modelopt_missing() is None
-
-
 def _wants_autocast(opts: CompileOptions, target: Any, precision: str) -> bool:
     """FP16 by Model Optimizer's AutoCast: --fp16-engine autocast, or auto on a TensorRT target where it imports."""
+    from lowlight.compile.quantize import modelopt_missing
+
     if precision != "fp16" or opts.fp16_engine == "ort":
         return False
     if opts.fp16_engine == "autocast":
         if target.qdq_flavour != "trt-s8s8":
             raise LowlightError(f"--fp16-engine autocast is for TensorRT targets, not {target.name}", "use --fp16-engine auto or ort")
-        if not _modelopt_ready():
-            from lowlight.compile.quantize import modelopt_missing
-
+        if modelopt_missing():
             raise LowlightError(f"--fp16-engine autocast needs NVIDIA Model Optimizer ({modelopt_missing()})",
                                 "pip install 'lowlight-compile[modelopt]', or use --fp16-engine ort")
         return True
-    return target.qdq_flavour == "trt-s8s8" and _modelopt_ready()
+    return target.qdq_flavour == "trt-s8s8" and modelopt_missing() is None
 
 
 def _has_plugin_nodes(path: Path) -> bool:
     """Does the graph at `path` hold TensorRT plugin nodes (the lowlight custom domain)?"""
     import onnx
 
-    from lowlight.core.onnx_graph import CUSTOM_DOMAIN
+    from lowlight.core.onnx_graph import has_custom_nodes
 
-    return any(n.domain == CUSTOM_DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node)
+    return has_custom_nodes(onnx.load(str(path), load_external_data=False))
 
 
 def _import_onnx(src: Path, shapes: dict[str, tuple[int, ...]], dst: Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from lowlight.compile.export import save_onnx
-from lowlight.core.onnx_graph import CUSTOM_DOMAIN, GraphIndex, ort_session
+from lowlight.core.onnx_graph import GraphIndex, has_custom_nodes, ort_session
 from lowlight.compile.simplify import onnx_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -301,7 +301,7 @@ def quantize_int8(
     src, dst = Path(src), Path(dst)
     check_feeds = check_feeds or feeds[:2]
     src_model = onnx.load(str(src))
-    has_plugins = any(n.domain == CUSTOM_DOMAIN for n in src_model.graph.node)
+    has_plugins = has_custom_nodes(src_model)
     if engine == "nncf" and has_plugins:
         from lowlight.core.errors import LowlightError
 

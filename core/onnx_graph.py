@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 CUSTOM_DOMAIN = "lowlight"
 
 
+def has_custom_nodes(model: "onnx.ModelProto") -> bool:
+    """Does `model` hold nodes of the lowlight custom domain (TensorRT plugin nodes)?"""
+    return any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
+
+
 class GraphIndex:
     """Producers, consumers, constants and static shapes of one (top-level) graph."""
 
