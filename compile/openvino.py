@@ -34,6 +34,10 @@ import numpy as np
 
 from lowlight.core.errors import TargetError
 
+#: Weight bits of OpenVINO INT8 bundles: 7, as onnxruntime's U8S8 (`compile.quantize.ORT_U8S8_WEIGHT_BITS`):
+#: the CPU plugin's u8 x s8 kernels on x86 without VNNI saturate the same pair sums.
+WEIGHT_BITS = 7
+
 #: The OpenVINO precision hint each OpenVINO bundle precision pins (INT8: the float remainder in f32,
 #: the keep-float policy's point; measured no faster at bf16 on tiny AMNet, 4.1 vs 4.2 ms).
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -142,17 +146,18 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
     """NNCF post-training INT8 of the OpenVINO model at `src` into `dst`; returns what was done.
 
     The same choices as the ONNX NNCF path (`compile.quantize._nncf_int8`): the MIXED preset
-    (asymmetric activations, symmetric weights) and global min/max ranges, so a frame brighter
-    than the calibration average does not clip.
+    (asymmetric activations, symmetric weights), global min/max ranges, so a frame brighter
+    than the calibration average does not clip, and 7-bit weights on every layer
+    (`compile.quantize.ORT_U8S8_WEIGHT_BITS`: u8 x s8 pair sums saturate on x86 without VNNI).
     """
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     model = ov.Core().read_model(str(src))
     ignored = ignored_names(model, keep_float)
-    advanced = AdvancedQuantizationParameters()
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
@@ -168,7 +173,8 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
     ov.save_model(q, str(dst), compress_to_fp16=False)
     fq = sum(1 for op in q.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
     return {"engine": "nncf (OpenVINO model)", "calibration_samples": len(feeds), "kept_float": len(keep_float),
-            "ignored_ops": len(ignored), "fake_quantize": fq, "preset": "MIXED", "range": "MINMAX"}
+            "ignored_ops": len(ignored), "fake_quantize": fq, "preset": "MIXED", "range": "MINMAX",
+            "weight_bits": WEIGHT_BITS}
 
 
 def ir_op_counts(xml: str | Path) -> dict[str, int]:
