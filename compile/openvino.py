@@ -156,6 +156,7 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     model = ov.Core().read_model(str(src))
+    routed = any(op.get_type_name() == "If" for op in model.get_ordered_ops())
     ignored = ignored_names(model, keep_float)
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
     advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
@@ -168,6 +169,16 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
             q = nncf.quantize(model, nncf.Dataset(feeds), preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds),
                               ignored_scope=nncf.IgnoredScope(names=ignored, validate=False) if ignored else None,
                               advanced_parameters=advanced)
+    except Exception as exc:
+        if routed and "dataset must not be empty" in str(exc):
+            # NNCF splits an If into its branches and calibrates each on the samples that take it; GM-MoE top-2 at
+            # 128x160 had a route that none of its 16 calibration frames took
+            raise TargetError(
+                "NNCF's OpenVINO INT8 calibrates each If branch (routed experts) on the calibration frames that take "
+                "it, and one branch was taken by none of them",
+                "use --backend onnxruntime for INT8 of a routed model (its quantizer calibrates every expert on every "
+                "frame), or add calibration frames (--calib) that take every route") from exc
+        raise
     finally:
         nncf_log.setLevel(level)
     ov.save_model(q, str(dst), compress_to_fp16=False)
