@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -308,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="time inside CUDA graphs (GPU time without the host's launch cost)")
     p.add_argument("--out", default=None, help="write results as JSON here")
     a = p.parse_args(argv)
+    if a.out and os.path.exists(a.out):
+        # the results file is rewritten after every case: it must be one this run creates, never an existing file
+        print(f"{a.out} exists: pass a new --out path (or move that file away yourself)", file=sys.stderr)
+        return 2
     global CUDAGRAPH
     CUDAGRAPH = a.cudagraph
 
@@ -344,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             "timing": "CUDA graph replay (triton do_bench_cudagraph)" if a.cudagraph else "triton do_bench (host launches)",
             "results": [asdict(c) for c in results],
         }
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as fh:
+        # a fresh temporary file beside --out, renamed over the results file this run created (checked above)
+        fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".json", dir=os.path.dirname(os.path.abspath(a.out)))
+        with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=1)
         os.replace(tmp, a.out)
 

@@ -465,7 +465,7 @@ def _build_openvino(plan: Any, precision: str, floats: dict[str, Path], calib_by
                     rep = ovc.quantize_ir(ir, d / "model.xml", feeds, keep)
                     (d / "quantize.json").write_text(json.dumps(rep, indent=1))
 
-                ir, hit = cache.run("openvino-int8", onnx_sha256(lowered), {**versions, "calib": _feeds_hash(feeds), "keep": keep, "weight_bits": ovc.WEIGHT_BITS}, _q, "model.xml")
+                ir, hit = cache.run("openvino-int8", onnx_sha256(lowered), {**versions, "calib": _feeds_hash(feeds), "keep": keep, "weight_bits": ovc.weight_bits()}, _q, "model.xml")
                 hits.append(hit)
                 report[comp.name] = json.loads((ir.parent / "quantize.json").read_text())
             paths[comp.name] = ir
@@ -671,7 +671,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
             if plan.quantize_branches:
                 from lowlight.compile.quantize_branches import quantize_int8_with_ifs as quantizer
 
-            from lowlight.compile.quantize import ORT_U8S8_WEIGHT_BITS
+            from lowlight.compile.quantize import weight_bits
             from lowlight.compile.sensitivity import MARGIN_DB, VERSION
 
             budget = opts.min_fidelity + MARGIN_DB
@@ -691,7 +691,7 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
                 # check); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
                  "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
-                 **({"weight_bits": ORT_U8S8_WEIGHT_BITS} if target.qdq_flavour == "ort-u8s8" else {}),
+                 "weight_bits": weight_bits(target.qdq_flavour),
                  **({"modelopt": modelopt_missing() is None} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
                 _int8, "model.onnx",
             )

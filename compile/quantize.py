@@ -43,6 +43,12 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 ORT_U8S8_WEIGHT_BITS = 7
 
 
+def weight_bits(flavour: str) -> int:
+    """Weight bits of a Q/DQ flavour: ORT_U8S8_WEIGHT_BITS for onnxruntime's U8S8 (and OpenVINO's INT8, whose CPU
+    kernels are u8 x s8 too), 8 for TensorRT's s8s8. The engines' half-range switches follow it."""
+    return ORT_U8S8_WEIGHT_BITS if flavour == "ort-u8s8" else 8
+
+
 def to_fp16(src: str | Path, dst: str | Path, keep_float: list[str]) -> dict[str, Any]:
     """FP16 weights and activations, float32 inputs/outputs; `keep_float` nodes (and DFT) stay FP32."""
     import onnx
@@ -88,8 +94,9 @@ def _nncf_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour
         from nncf.quantization.advanced_parameters import OverflowFix
 
         preset = nncf.QuantizationPreset.MIXED  # asymmetric activations, symmetric weights
-        # half-range (7-bit) weights on every layer, not only the first (ORT_U8S8_WEIGHT_BITS)
-        advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+        # half-range (7-bit) weights on every layer, not only the first (NNCF's default)
+        advanced = AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.ENABLE if weight_bits(flavour) == 7 else OverflowFix.DISABLE)
     # Global min/max over the calibration set rather than NNCF's default mean of
     # per-sample extremes: a frame brighter than the average must not clip.
     advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
@@ -175,7 +182,7 @@ def _ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], flavour:
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
-            reduce_range=not symmetric,  # 7-bit weights for U8S8 (ORT_U8S8_WEIGHT_BITS)
+            reduce_range=weight_bits(flavour) == 7,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=keep_float,
@@ -349,7 +356,7 @@ def quantize_int8(
             candidates = ["ort"]
         say(f"    NNCF skipped: {too_big}")
     report: dict[str, Any] = {"flavour": flavour, "calibration_samples": len(feeds), "kept_float": keep_float, "engines": {},
-                              "weight_bits": ORT_U8S8_WEIGHT_BITS if flavour == "ort-u8s8" else 8}
+                              "weight_bits": weight_bits(flavour)}
     if too_big:
         report["nncf_skipped"] = too_big
     if modelopt_why:
