@@ -138,21 +138,15 @@ def ignored_names(model: Any, keep_float: list[str]) -> list[str]:
     return out
 
 
-def weight_bits() -> int:
-    """Weight bits of OpenVINO INT8: onnxruntime U8S8's (`compile.quantize.weight_bits`); the CPU plugin's
-    u8 x s8 kernels on x86 without VNNI saturate the same pair sums."""
-    from lowlight.compile.quantize import weight_bits as flavour_bits
-
-    return flavour_bits("ort-u8s8")
-
-
-def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], keep_float: list[str]) -> dict[str, Any]:
+def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], keep_float: list[str],
+                weight_bits: int = 7) -> dict[str, Any]:
     """NNCF post-training INT8 of the OpenVINO model at `src` into `dst`; returns what was done.
 
     The same choices as the ONNX NNCF path (`compile.quantize._nncf_int8`): the MIXED preset
     (asymmetric activations, symmetric weights), global min/max ranges, so a frame brighter
     than the calibration average does not clip, and 7-bit weights on every layer
-    (`weight_bits`: u8 x s8 pair sums saturate on x86 without VNNI).
+    (`weight_bits`, the pipeline passes `compile.quantize.weight_bits("ort-u8s8")`: the CPU plugin's u8 x s8
+    kernels on x86 without VNNI saturate the same pair sums).
     """
     import nncf
     import openvino as ov
@@ -162,7 +156,7 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
     model = ov.Core().read_model(str(src))
     routed = any(op.get_type_name() == "If" for op in model.get_ordered_ops())
     ignored = ignored_names(model, keep_float)
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if weight_bits() == 7 else OverflowFix.DISABLE)
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.DISABLE)
     advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
@@ -189,7 +183,7 @@ def quantize_ir(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarr
     fq = sum(1 for op in q.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
     return {"engine": "nncf (OpenVINO model)", "calibration_samples": len(feeds), "kept_float": len(keep_float),
             "ignored_ops": len(ignored), "fake_quantize": fq, "preset": "MIXED", "range": "MINMAX",
-            "weight_bits": weight_bits()}
+            "weight_bits": weight_bits}
 
 
 def ir_op_counts(xml: str | Path) -> dict[str, int]:

@@ -445,8 +445,10 @@ def _build_openvino(plan: Any, precision: str, floats: dict[str, Path], calib_by
     """OpenVINO IR per component from the lowered FP32 graph (fp32/bf16: the same IR), NNCF INT8 for int8; cached."""
     from lowlight.compile import openvino as ovc
     from lowlight.compile.export import onnx_sha256
+    from lowlight.compile.quantize import weight_bits
 
     versions = {"openvino": ovc.openvino_version(), "tools": tool_versions()}
+    bits = weight_bits("ort-u8s8")  # OpenVINO's CPU INT8 kernels are u8 x s8 as onnxruntime's
     paths: dict[str, Path] = {}
     report: dict[str, Any] = {}
     with progress.stage("quantize", f"OpenVINO {precision} (IR from the lowered graph" + (", NNCF INT8 on the OpenVINO model)" if precision == "int8" else ")")) as note:
@@ -462,10 +464,10 @@ def _build_openvino(plan: Any, precision: str, floats: dict[str, Path], calib_by
                 keep = keep_by_comp.get(comp.name, [])
 
                 def _q(d: Path, ir: Path = ir, feeds: list[dict[str, np.ndarray]] = feeds, keep: list[str] = keep) -> None:
-                    rep = ovc.quantize_ir(ir, d / "model.xml", feeds, keep)
+                    rep = ovc.quantize_ir(ir, d / "model.xml", feeds, keep, bits)
                     (d / "quantize.json").write_text(json.dumps(rep, indent=1))
 
-                ir, hit = cache.run("openvino-int8", onnx_sha256(lowered), {**versions, "calib": _feeds_hash(feeds), "keep": keep, "weight_bits": ovc.weight_bits()}, _q, "model.xml")
+                ir, hit = cache.run("openvino-int8", onnx_sha256(lowered), {**versions, "calib": _feeds_hash(feeds), "keep": keep, "weight_bits": bits}, _q, "model.xml")
                 hits.append(hit)
                 report[comp.name] = json.loads((ir.parent / "quantize.json").read_text())
             paths[comp.name] = ir
