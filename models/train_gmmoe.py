@@ -30,22 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lowlight.models.gmmoe import CONFIGS, DEFAULT_CONFIG, GMMoE, balance_loss, top2
+from lowlight.models.gmmoe import CONFIGS, DEFAULT_CONFIG, GMMoE, TOP2_WEIGHTS, balance_loss, top2
 from lowlight.models.family import WEIGHTS_DIR
-
-#: Every HOLDOUT_EVERY-th photo (sorted by name, starting at HOLDOUT_OFFSET) is held out.
-HOLDOUT_EVERY, HOLDOUT_OFFSET = 7, 3
-
-
-def split_photos(clean_dir: Path | None = None) -> tuple[list[Path], list[Path]]:
-    """(train, held-out) photo paths: a deterministic split of ../shared/data/clean."""
-    if clean_dir is None:
-        from lowlight.calibration.data import shared_data_dir
-
-        clean_dir = shared_data_dir() / "clean"
-    files = sorted(p for p in Path(clean_dir).iterdir() if p.suffix.lower() == ".png")
-    held = [p for i, p in enumerate(files) if i % HOLDOUT_EVERY == HOLDOUT_OFFSET]
-    return [p for p in files if p not in held], held
+from lowlight.models.train_loop import split_photos
 
 
 def read_photo(path: Path) -> np.ndarray:
@@ -198,7 +185,7 @@ def train(
     Phase 2: `top2_steps` steps of top-2 only (cosine LR from `top2_lr`), so top-2
     quality holds when the gate drops an expert that still carried weight.
     """
-    from safetensors.torch import save_file
+    from lowlight.models.train_loop import save_weights
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -247,10 +234,9 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     # How it was trained travels with the weights: verification compares a top-2 bundle
     # with the top-2 model only if top-2 is what was trained (Family.reference_options).
-    trained = {"experts": "top2" if top2_steps else "dense"}
+    trained = {"experts": "top2", "top2_weights": TOP2_WEIGHTS} if top2_steps else {"experts": "dense"}
     metrics["trained_options"] = trained
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
-              metadata={"lowlight.trained_options": json.dumps(trained)})
+    save_weights(model, out, {"lowlight.trained_options": json.dumps(trained)})
     out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2), flush=True)
     print(f"wrote {out}", flush=True)

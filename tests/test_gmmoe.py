@@ -152,11 +152,44 @@ def test_top2_never_calls_the_dropped_expert():
         assert calls[i][d] == 0 and sum(calls[i]) == 2
 
 
-def test_top2_renormalises_the_two_weights():
+def test_top2_weighs_the_kept_pair_by_its_margin_over_the_dropped_expert():
     w = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
     drop, kw = top2(w)
     assert drop.tolist() == [2, 0]
-    assert torch.allclose(kw, torch.tensor([[0.625, 0.375, 0.0], [0.0, 2 / 3, 1 / 3]]))
+    # (0.5 - 0.2, 0.3 - 0.2) / 0.4 and (0.6 - 0.1, 0.3 - 0.1) / 0.7
+    assert torch.allclose(kw, torch.tensor([[0.75, 0.25, 0.0], [0.0, 5 / 7, 2 / 7]]), atol=1e-5)
+    # a three-way tie mixes the kept pair evenly (no 0 / 0)
+    _, kw = top2(torch.full((1, 3), 1 / 3))
+    assert torch.isfinite(kw).all() and sorted(kw[0].tolist()) == pytest.approx([0.0, 0.5, 0.5])
+
+
+def test_top2_reference_is_the_dense_network_unless_trained_top2_under_this_rule():
+    from lowlight.models import get_family
+
+    fam, top2_opts = get_family("gmmoe"), {"experts": "top2"}
+    assert fam.reference_options(top2_opts, {}) == {"experts": "dense"}
+    assert fam.reference_options(top2_opts, {"experts": "dense"}) == {"experts": "dense"}
+    # fine-tuned for top-2 with renormalised weights (before the margin rule): not this top-2
+    assert fam.reference_options(top2_opts, {"experts": "top2"}) == {"experts": "dense"}
+    assert fam.reference_options(top2_opts, {"experts": "top2", "top2_weights": "margin"}) == top2_opts
+    assert fam.reference_options({"experts": "dense"}, {"experts": "top2", "top2_weights": "margin"}) == {"experts": "dense"}
+
+
+def test_top2_block_output_is_continuous_where_the_dropped_expert_flips():
+    """The two smallest gate weights cross: the expert that runs changes, the output must not jump
+    (an INT8 or sensor-noise perturbation of the gate would otherwise swap a whole expert in)."""
+    m = tiny("top2")
+    block = m.blocks()[0]
+    x = torch.rand(1, block.gate.fc1.in_features, 16, 16)
+    outs = []
+    for d in (1e-4, -1e-4):  # expert 1 just above, then just below expert 2
+        w = torch.tensor([[0.6, 0.2 + d, 0.2 - d]])
+        drop, kw = top2(w)
+        outs.append((int(drop), block._pair(int(drop), x, kw[0])))
+    (d0, a), (d1, b) = outs
+    assert d0 != d1  # the routing did flip
+    scale = a.abs().max()
+    assert (a - b).abs().max() < 1e-3 * scale
 
 
 # --- export ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def checkpoint(tmp_path_factory) -> Path:
             b.experts[2].gamma.normal_(0, 0.2)
     path = tmp_path_factory.mktemp("ckpt") / "gmmoe_tiny.safetensors"
     # says it was trained in top-2: top-2 bundles are then verified against the top-2 model
-    save_file(m.state_dict(), str(path), metadata={"lowlight.trained_options": '{"experts": "top2"}'})
+    save_file(m.state_dict(), str(path), metadata={"lowlight.trained_options": '{"experts": "top2", "top2_weights": "margin"}'})
     return path
 
 
