@@ -25,7 +25,8 @@ from lowlight.core.metrics import psnr
 from lowlight.compile.options import CompileOptions
 from lowlight.compile.pipeline import compile_bundle
 from lowlight.models import load
-from lowlight.models.train_gmmoe import read_photo, split_photos
+from lowlight.models.train_gmmoe import read_photo
+from lowlight.models.train_loop import split_photos
 from lowlight.runtime.io import fit_frame
 
 

@@ -73,6 +73,9 @@ def run(a: argparse.Namespace) -> int:
         return _eval(fam, config, a)
     out = Path(a.out) if a.out else Path(f"{a.family}_{config}.safetensors")
     claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
+    # the trainers write their record beside the weights (NAME.json): a file of that name is the user's too
+    claim_file(out.with_suffix(".json"), "the training record written beside the weights", "--out", overwrite=a.overwrite,
+               inputs=[a.init, Path(a.init).with_suffix(".json") if a.init else None])
     kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init", "rgb_only") and v not in (None, False)}
     fam.train(config=config, out=str(out), **kw)
     return 0

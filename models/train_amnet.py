@@ -21,23 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lowlight.calibration.data import shared_data_dir
 from lowlight.calibration.degrade import RECIPE_MIX, camera_mix, degrade_clip, event_voxels, motion_clip, pseudo_ir
 from lowlight.calibration.frames import load_frames
 from lowlight.core.metrics import psnr, ssim
 from lowlight.models.amnet import AUX, CONFIGS, AMNet
 from lowlight.models.evaluate import evaluate as evaluate_recipes
 from lowlight.models.family import WEIGHTS_DIR
+from lowlight.models.train_loop import split_photos
 
 SUBSETS = [frozenset(s) for r in range(len(AUX) + 1) for s in combinations(AUX, r)]
 FULL = frozenset(AUX)
 MISSING = [s for s in SUBSETS if s != FULL]  # none, event-only, ir-only
-
-
-def split_photos(photos: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Deterministic split: every 7th photo is held out for evaluation."""
-    held = [p for i, p in enumerate(photos) if i % 7 == 3]
-    return [p for p in photos if p not in held], held
 
 
 def make_clip(image: np.ndarray, frames: int, crop: int, rng: np.random.Generator, bins: int,
@@ -163,7 +157,7 @@ def train(
     pre-training (use with `init`): the missing-modality term always drops both
     auxiliary inputs, the full-modality term keeps a small weight.
     """
-    from safetensors.torch import save_file
+    from lowlight.models.train_loop import save_weights
     from tqdm import tqdm
 
     if threads:
@@ -171,8 +165,7 @@ def train(
     steps = steps or {"tiny": 150, "base": 500}.get(config, 500)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    photos = sorted((shared_data_dir() / "clean").glob("*.png"))
-    train_paths, held_paths = split_photos(photos)
+    train_paths, held_paths = split_photos()
     train_imgs = [f for p in train_paths for f in load_frames(p)]
     held_imgs = [f for p in held_paths for f in load_frames(p)]
     model = AMNet(CONFIGS[config])
@@ -214,10 +207,7 @@ def train(
         parameters=sum(p.numel() for p in model.parameters()),
     )  # type: ignore[arg-type]
     out_path = Path(out) if out else WEIGHTS_DIR / f"amnet_{config}.safetensors"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(out_path)
+    save_weights(model, out_path, {})
     out_path.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
     if progress:
         print(

@@ -200,6 +200,17 @@ def test_zoo_train_never_replaces_existing_weights(tmp_path: Path, monkeypatch, 
     assert (tmp_path / "amnet_tiny.safetensors").read_bytes() == b"mine"
 
 
+def test_zoo_train_never_replaces_a_json_beside_the_weights(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The trainers write NAME.json beside NAME.safetensors: a user's file of that name is refused before training."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "amnet_tiny.json").write_text('{"mine": true}')
+    assert main(["zoo", "train", "amnet", "--config", "tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "amnet_tiny.json already exists" in err and "--overwrite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["amnet_tiny.json"]
+    assert (tmp_path / "amnet_tiny.json").read_text() == '{"mine": true}'
+
+
 def test_targets_json_into_a_closed_pipe_has_no_traceback() -> None:
     exe = Path(sys.executable).parent / "lowlight-compile"
     proc = subprocess.run(f"'{exe}' targets --json | head -c 10", shell=True, capture_output=True, text=True, timeout=120)
