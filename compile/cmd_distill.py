@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", default=None, help="stage cache (default: ~/.cache/lowlight-compile or $LOWLIGHT_CACHE)")
     p.add_argument("--force", action="store_true", help="distill again even if the students are cached")
+    p.add_argument("--init", default=None, metavar="STUDENT",
+                   help="continue the one-step stage from this 1-step student of the same teacher (written by `distill`; "
+                        "reflow families, --steps 1): --iters more iterations, on fresh data with --seed")
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -80,14 +83,15 @@ def recipe(family: str) -> Callable[..., dict[str, Any]]:
 def student_for(
     family: str, teacher: str | Path, config: str, steps: int, *, cache_dir: str | Path | None = None, force: bool = False,
     iters: int | None = None, start_steps: int = 64, lr: float | None = None, batch: int | None = None, crop: int | None = None,
-    seed: int = 0, say: Callable[[str], Any] = print,
+    seed: int = 0, say: Callable[[str], Any] = print, init: str | Path | None = None,
 ) -> Any:
     """The K-step students of `teacher` (a `distill.Distilled`): from the stage cache, else distilled now.
 
     What a compile calls when the family's program needs a student; the
     `distill` command calls it too. The method and the teacher's step count
     come from the family's `distill_setup` ("method", "teacher_steps"); K is
-    checked by that method's rule before any data is read.
+    checked by that method's rule before any data is read. `init`: a 1-step
+    student of this teacher to continue (`check_init_student`).
     """
     from lowlight.compile.cache import StageCache, file_sha256
     from lowlight.compile.distill import check_steps, distill_cached
@@ -102,13 +106,41 @@ def student_for(
     teacher_steps = setup.get("teacher_steps")
     teacher_steps = None if teacher_steps is None else int(teacher_steps)
     check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
+    teacher_sha = file_sha256(path)
+    if init is not None:
+        check_init_student(Path(init), teacher_sha, steps, method)
     store = StageCache(cache_root(str(cache_dir) if cache_dir else None), force=force)
     return distill_cached(
-        setup["teacher"], steps, setup["batches"], cache=store, teacher_sha256=file_sha256(path), data=setup["data"],
+        setup["teacher"], steps, setup["batches"], cache=store, teacher_sha256=teacher_sha, data=setup["data"],
         start_steps=start_steps, iters_per_round=iters or int(setup["iters_per_round"]),
         lr=lr if lr is not None else float(setup["lr"]), seed=seed, every=int(setup.get("every", 50)), progress=say,
-        metadata={"lowlight.family": family, "lowlight.config": config}, method=method, teacher_steps=teacher_steps,
+        metadata={"lowlight.family": family, "lowlight.config": config}, method=method, teacher_steps=teacher_steps, init=init,
     )
+
+
+def check_init_student(init: Path, teacher_sha256: str, steps: int, method: str) -> None:
+    """--init must be a 1-step student that `distill` wrote from this very teacher (its metadata says which)."""
+    from safetensors import safe_open
+
+    from lowlight.compile.distill import check_init
+    from lowlight.core.errors import CheckpointError
+
+    check_init(True, steps, method)
+    if not init.is_file():
+        raise CheckpointError(f"--init {init}: no such file", "give the 1-step student to continue, e.g. models/weights/mmaif_small_student1.safetensors")
+    try:
+        with safe_open(str(init), "np") as f:
+            record = json.loads((f.metadata() or {}).get(MARK, "{}"))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"--init {init} is not a readable safetensors file ({exc})", "pass a student written by `lowlight-compile distill`") from exc
+    if not record:
+        raise CheckpointError(f"--init {init} was not written by `lowlight-compile distill` (no {MARK} record)",
+                              "pass a student written by `lowlight-compile distill`, or drop --init")
+    if int(record.get("steps", 0)) != 1:
+        raise CheckpointError(f"--init {init} is a {record.get('steps')}-step student", "continue a 1-step student (--steps 1)")
+    if record.get("teacher_sha256") != teacher_sha256:
+        raise CheckpointError(f"--init {init} was distilled from another teacher (sha256 {str(record.get('teacher_sha256'))[:12]}..., "
+                              f"this one {teacher_sha256[:12]}...)", "continue a student of this teacher, or pass its own teacher")
 
 
 def _ours(path: Path) -> bool:
@@ -158,10 +190,16 @@ def run(a: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    # a continued student's record carries the one it started from (read now: --out may be that file)
+    init_record = None
+    if a.init:
+        side_in = Path(a.init).with_suffix(".json")
+        if side_in.is_file() and _side_ours(side_in):
+            init_record = json.loads(side_in.read_text())
     t0 = time.time()
     with OutputLock(out):
         got = student_for(a.model, a.teacher, config, a.steps, cache_dir=a.cache_dir, force=a.force, iters=a.iters,
-                          start_steps=a.start_steps, lr=a.lr, batch=a.batch, crop=a.crop, seed=a.seed, say=say)
+                          start_steps=a.start_steps, lr=a.lr, batch=a.batch, crop=a.crop, seed=a.seed, say=say, init=a.init)
         src = got.paths[a.steps]
         with safe_open(str(src), "np") as f:
             meta = dict(f.metadata() or {})
@@ -176,6 +214,8 @@ def run(a: argparse.Namespace) -> int:
                 "teacher": str(a.teacher), "teacher_sha256": record.get("teacher_sha256"), "steps": a.steps,
                 "family": a.model, "config": config, "method": record.get("method"),
                 "distill_seconds": got.info.get("seconds"), "rounds": got.info.get("rounds"), "options": got.info.get("options")}
+        if a.init:
+            info["init"] = {"path": str(a.init), "sha256": (got.info.get("options") or {}).get("init_sha256"), "record": init_record}
         if not side.exists() or _side_ours(side):
             side.write_text(json.dumps(info, indent=1) + "\n")
     how = "from the cache" if got.cached else f"distilled in {got.info.get('seconds', time.time() - t0):.0f} s"

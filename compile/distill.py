@@ -88,7 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lowlight.compile.cache import StageCache, cache_key
+from lowlight.compile.cache import StageCache, cache_key, file_sha256
 from lowlight.core.errors import CheckpointError, LowlightError
 from lowlight.core.fsio import current_umask
 
@@ -265,6 +265,14 @@ def _check_reflow_steps(steps: int, teacher_steps: int | None, how: str = "reflo
         choices = ", ".join(map(str, range(1, teacher_steps))) if teacher_steps is not None else "1, 2, 4"
         raise LowlightError(f"--steps {steps} cannot be distilled by {how} from this teacher (needs {bound})",
                             f"use --steps with one of: {choices}")
+
+
+def check_init(given: bool, steps: int, method: str) -> None:
+    """A student to continue from is taken only where there is one stage to continue: reflow's one-step stage."""
+    if given and (method != "reflow" or steps != 1):
+        raise LowlightError(f"--init continues the one-step stage of a flow-matching family's 1-step student; "
+                            f"this is method {method!r} at --steps {steps}",
+                            "drop --init (distill from the teacher), or use it with --steps 1 on a reflow family (e.g. --model mmaif)")
 
 
 def _reflow_kept(steps: int, keep: tuple[int, ...], teacher_steps: int | None) -> list[int]:
@@ -486,8 +494,19 @@ def _one_step_loss(teacher_steps: int | None) -> Callable[[Sampler, Sampler, dic
 def _reflow(
     teacher: Sampler, steps: int, batches: Iterator[dict[str, Tensor]], *, teacher_steps: int | None, iters: int, lr: float,
     keep: tuple[int, ...], gen: torch.Generator, every: int, grad_clip: float, progress: Callable[[str], Any],
+    init: Sampler | None = None,
 ) -> tuple[dict[int, Sampler], list[_Round], _Clock]:
-    """Method "reflow": the reflowed model for every kept K >= 2, a one-step student for K = 1."""
+    """Method "reflow": the reflowed model for every kept K >= 2, a one-step student for K = 1.
+
+    With `init` (a one-step student), only the one-step stage runs, from `init`: more
+    iterations for a student whose loss was still falling."""
+    if init is not None:
+        clock = _Clock(iters)
+        progress(f"distill: one-step distillation continued from the given student, {clock.total} iterations")
+        rnd = _Round("one-step (continued)", iters)
+        _train(init, teacher, batches, iters, lr, _one_step_loss(teacher_steps), gen, rnd, clock,
+               "one-step (continued)", every, progress, grad_clip)
+        return {1: init}, [rnd], clock
     kept_k = _reflow_kept(steps, keep, teacher_steps)
     one_step = kept_k[0] == 1
     stages = 2 if one_step else 1
@@ -615,6 +634,7 @@ def distill(
     history: dict[str, Any] | None = None,
     method: str = "progressive",
     teacher_steps: int | None = None,
+    init: Sampler | None = None,
 ) -> dict[int, Sampler]:
     """Distill `teacher` to a `steps`-step student; returns {K: student} for `steps` and each K in `keep` passed on the way.
 
@@ -628,7 +648,9 @@ def distill(
     teacher's couplings (its `sample(z, cond)`, else `teacher_steps` Euler
     steps), then, when K = 1 is kept, `iters_per_round` of one-step
     distillation. Every kept K with 1 <= K < `teacher_steps` is returned: the
-    reflowed model for K >= 2, the one-step student for K = 1.
+    reflowed model for K >= 2, the one-step student for K = 1. `init` (reflow,
+    K = 1 only) continues the one-step stage of an earlier student instead:
+    `iters_per_round` more iterations, nothing else kept.
 
     `batches` is an endless iterator of batch dicts (the keyword arguments of
     `condition`, `clean_latent` and `latent_shape`). `progress` gets one line
@@ -637,6 +659,7 @@ def distill(
     given, receives per-round losses and seconds.
     """
     check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
+    check_init(init is not None, steps, method)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # anything the sampler draws itself (e.g. a training-time null condition)
     if method == "tokens":
@@ -645,7 +668,7 @@ def distill(
     elif method == "reflow":
         _check_flow(teacher)
         kept, log, clock = _reflow(teacher, steps, batches, teacher_steps=teacher_steps, iters=iters_per_round, lr=lr, keep=keep,
-                                   gen=gen, every=every, grad_clip=grad_clip, progress=progress)
+                                   gen=gen, every=every, grad_clip=grad_clip, progress=progress, init=init)
     else:
         kept, log, clock = _progressive(teacher, steps, batches, start_steps=start_steps, iters_per_round=iters_per_round,
                                         guided_iters=iters_per_round if guided_iters is None else guided_iters, lr=lr,
@@ -761,11 +784,12 @@ def student_file(k: int) -> str:
 def distill_options(
     steps: int, data: str, *, start_steps: int = 64, iters_per_round: int = 1000, guided_iters: int | None = None,
     lr: float = 2e-4, keep: tuple[int, ...] = DEFAULT_KEEP, seed: int = 0, method: str = "progressive",
-    teacher_steps: int | None = None, loss: str | None = None,
+    teacher_steps: int | None = None, loss: str | None = None, init_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The options a distilled student depends on (with the teacher's sha256: its cache key).
 
     `loss`: the sampler's own loss terms (its `loss_note`), recorded only when it has one.
+    `init_sha256`: the student a continued one-step stage started from (only K = 1 is kept then).
 
     One run distills down to the smallest of `keep` and `steps` and keeps every student of
     `keep` (and `steps`) on the way, so the key names that set, not the K asked for: a compile
@@ -775,7 +799,7 @@ def distill_options(
     """
     desc = method_description(method)
     if method in ("reflow", "tokens"):
-        kept = _reflow_kept(steps, keep, teacher_steps)
+        kept = [1] if init_sha256 else _reflow_kept(steps, keep, teacher_steps)
         out = {"steps": min(kept), "teacher_steps": teacher_steps, "iters_per_round": iters_per_round, "lr": lr,
                "keep": kept, "seed": seed, "data": data, "method": desc}
     else:
@@ -785,6 +809,8 @@ def distill_options(
                "keep": kept, "seed": seed, "data": data, "method": desc}
     if loss:
         out["loss"] = loss
+    if init_sha256:
+        out["init_sha256"] = init_sha256
     return out
 
 
@@ -812,6 +838,7 @@ def distill_cached(
     metadata: Mapping[str, str] | None = None,
     method: str = "progressive",
     teacher_steps: int | None = None,
+    init: str | Path | None = None,
 ) -> Distilled:
     """`distill` as a stage of the StageCache: reuse the students of an earlier identical run.
 
@@ -822,19 +849,23 @@ def distill_cached(
     so a killed or failed run leaves nothing a later call could take for a
     finished student. `batches` is consumed only when the stage runs (pass a
     generator: a cache hit reads no data). `method` and `teacher_steps` as in
-    `distill`; the method is part of the key.
+    `distill`; the method is part of the key. `init`: a 1-step student file to
+    continue (reflow only); its sha256 is part of the key.
     """
     check_steps(steps, start_steps, method=method, teacher_steps=teacher_steps)
+    check_init(init is not None, steps, method)
+    init_sha = file_sha256(Path(init)) if init is not None else None
     store = cache if isinstance(cache, StageCache) else StageCache(cache)
     options = distill_options(steps, data, start_steps=start_steps, iters_per_round=iters_per_round,
                               guided_iters=guided_iters, lr=lr, keep=keep, seed=seed, method=method, teacher_steps=teacher_steps,
-                              loss=getattr(teacher, "loss_note", None))
+                              loss=getattr(teacher, "loss_note", None), init_sha256=init_sha)
 
     def produce(tmp: Path) -> None:
         hist: dict[str, Any] = {}
+        start = load_student(teacher, 1, init) if init is not None else None
         students = distill(teacher, int(options["steps"]), batches, start_steps=start_steps, iters_per_round=iters_per_round,
                            guided_iters=guided_iters, lr=lr, keep=tuple(options["keep"]), seed=seed, every=every,
-                           progress=progress, history=hist, method=method, teacher_steps=teacher_steps)
+                           progress=progress, history=hist, method=method, teacher_steps=teacher_steps, init=start)
         for k, s in students.items():
             # options["steps"] is how far the run went; each file records its own K
             meta = {"lowlight.distill": json.dumps({**options, "teacher_sha256": teacher_sha256, "steps": k,

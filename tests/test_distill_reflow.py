@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from lowlight.compile.distill import (
     METHOD, Sampler, check_steps, ddim, ddim_step, distill, distill_cached, distill_key, state_sha256,
 )
+from lowlight.compile.cache import file_sha256
 from lowlight.core.errors import LowlightError
 
 TEACHER_STEPS = 5
@@ -218,6 +219,31 @@ def test_reflow_is_cached_under_its_own_key(toy: dict[str, Any]) -> None:
     assert reflow != distill_key(sha, 1, DATA, keep=(2, 1), method="reflow", teacher_steps=8, **opts)
     # a sampler's own loss terms (its loss_note, e.g. MMAIF's ground-truth term) are part of the key
     assert reflow != distill_key(sha, 1, DATA, keep=(2, 1), method="reflow", teacher_steps=TEACHER_STEPS, loss="+ 5 x L1 to the truth", **opts)
+
+
+def test_one_step_stage_continues_from_a_given_student(toy: dict[str, Any]) -> None:
+    """`init`: only the one-step stage runs, from that student's weights; its sha256 is in the key; the
+    continued student is closer to the teacher's 5-step samples than the one it started from."""
+    teacher, c, zT, got = toy["teacher"], toy["c"], toy["zT"], toy["got"]
+    sha = state_sha256(teacher.net)
+    lines: list[str] = []
+    more = distill_cached(teacher, 1, batches(seed=11), cache=toy["cache"], teacher_sha256=sha, data=DATA, keep=(2, 1),
+                          progress=lines.append, init=got.paths[1], seed=11, **{**OPTS, "lr": 3e-4})
+    assert not more.cached and sorted(more.students) == [1] and more.folder != got.folder
+    assert [r["round"] for r in more.info["rounds"]] == ["one-step (continued)"]
+    assert more.info["options"]["init_sha256"] == file_sha256(got.paths[1]) and more.info["options"]["keep"] == [1]
+    assert any("continued from the given student" in ln for ln in lines)
+    with torch.no_grad():
+        ref = ddim(teacher, zT, c, TEACHER_STEPS)
+        before, after = _mse(ddim(got.students[1], zT, c, 1), ref), _mse(ddim(more.students[1], zT, c, 1), ref)
+    print(before, after)
+    assert after < before
+    # only reflow's one-step stage can be continued
+    for method, k in (("progressive", 1), ("reflow", 2)):
+        with pytest.raises(LowlightError, match="--init continues the one-step stage") as e:
+            distill_cached(teacher, k, batches(), cache=toy["cache"], teacher_sha256=sha, data=DATA, init=got.paths[1],
+                           **{**OPTS, "method": method})
+        assert e.value.fix and "--steps 1" in e.value.fix
 
 
 def test_mmaif_one_step_loss_adds_the_ground_truth_term() -> None:

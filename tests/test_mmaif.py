@@ -193,6 +193,25 @@ def test_distill_command_writes_the_student_beside_the_teacher(tiny_mmaif: Path,
     assert record["steps"] == 1 and record["method"].startswith("reflow")
     student = load("mmaif", config="tiny", checkpoint=str(teacher), steps=1)
     assert student.student_steps == 1
+    # --init: the one-step stage continued from that student, in place; the record keeps the one it started from
+    before = out.read_bytes()
+    assert main(base + ["--steps", "1", "--init", str(out), "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert "continued from the given student" in capsys.readouterr().err and out.read_bytes() != before
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [r["round"] for r in record["rounds"]] == ["one-step (continued)"]
+    assert record["init"]["record"]["rounds"][0]["round"] == "reflow" and len(record["init"]["sha256"]) == 64
+    # refused before any work: not a 1-step student of this teacher, or not K = 1
+    for extra, says in ((["--steps", "2", "--init", str(out)], "--init continues the one-step stage"),
+                        (["--steps", "1", "--init", str(teacher)], "was not written by `lowlight-compile distill`"),
+                        (["--steps", "1", "--init", str(tmp_path / "none.safetensors")], "no such file")):
+        assert main(base + extra + ["--out", str(tmp_path / "no.safetensors")]) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "no.safetensors").exists()
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other.safetensors"  # the same tensors, another file: another teacher by sha256
+    save_file(load_file(str(teacher)), str(other), metadata={"note": "another teacher"})
+    assert main(["distill", str(other)] + base[2:] + ["--steps", "1", "--init", str(out), "--out", str(tmp_path / "no.safetensors")]) == 2
+    assert "distilled from another teacher" in capsys.readouterr().err
 
 
 def test_regression_variant_compiles_without_distillation(tiny_mmaif: Path) -> None:
