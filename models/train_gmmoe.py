@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top2-steps", type=int, default=100, help="phase 2: top-2-only steps")
     ap.add_argument("--top2-lr", type=float, default=2e-4)
     ap.add_argument("--init", default=None, help="start from these weights (e.g. to run phase 2 only: --steps 0)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (and the NAME.json beside it)")
     a = ap.parse_args(argv)
-    train(a.config, a.out, a.steps, a.batch, a.crop, a.lr, a.balance_weight, a.seed, a.threads, a.log_every,
+    from lowlight.core.errors import LowlightError
+    from lowlight.core.fsio import claim_file
+
+    out = Path(a.out) if a.out else WEIGHTS_DIR / f"gmmoe_{a.config}.safetensors"
+    try:  # as `zoo train`: never over the --init weights, over an existing file only with --overwrite
+        claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
+        claim_file(out.with_suffix(".json"), "the training record written beside the weights", "--out", overwrite=a.overwrite,
+                   inputs=[a.init, Path(a.init).with_suffix(".json") if a.init else None])
+    except LowlightError as exc:
+        print(f"error: {exc.what}\n  fix: {exc.fix}", file=sys.stderr)
+        sys.exit(2)
+    train(a.config, out, a.steps, a.batch, a.crop, a.lr, a.balance_weight, a.seed, a.threads, a.log_every,
           a.max_minutes, a.top2_steps, a.top2_lr, a.init)
 
 

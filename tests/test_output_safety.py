@@ -238,3 +238,19 @@ def test_a_users_look_alike_files_beside_out_are_never_touched(tmp_path: Path, c
     with pytest.raises(OutputError, match="is not a lock this tool wrote"):
         compile_tiny(tmp_path / "c", cache_dir, precision="fp32")
     assert (tmp_path / ".c.lock").read_text() == "a user's notes, not a lock\n" and not (tmp_path / "c").exists()
+
+
+def test_train_gmmoe_module_never_writes_over_its_init_or_an_existing_record(tmp_path: Path, capsys) -> None:
+    """`python -m lowlight.models.train_gmmoe` guards --out as `zoo train` does, before any training."""
+    from lowlight.models.train_gmmoe import main as train_main
+
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"mine")
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", "tiny", "--init", str(w), "--out", str(w), "--steps", "0", "--top2-steps", "0"])
+    assert e.value.code == 2 and "would destroy the input" in capsys.readouterr().err and w.read_bytes() == b"mine"
+    (tmp_path / "o.json").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", "tiny", "--out", str(tmp_path / "o.safetensors"), "--steps", "0", "--top2-steps", "0"])
+    assert e.value.code == 2 and "o.json already exists" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "w.safetensors"] and (tmp_path / "o.json").read_text() == "x"
