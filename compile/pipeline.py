@@ -296,10 +296,11 @@ def _build(opts: CompileOptions, make_plan: Any, target: Any, precision: str, ou
         reports["_worst_samples"] = (worst, image_outputs[0] if image_outputs else None, plan.inputs[0].name)
         from lowlight.compile.routing import has_routing, routing_agreement
 
-        if has_routing(floats) and chosen[0] != "openvino":  # a top-k mixture: do the reduced-precision graphs route tokens as FP32 does?
-            verification["routing"] = routing_agreement(plan.program, floats, finals, feeds, plan.output_names, plan.constants)
-        elif has_routing(floats):
-            warnings.append("routing agreement is measured on onnxruntime graphs only; not measured for this OpenVINO bundle")
+        if has_routing(floats):  # a top-k mixture: do the reduced-precision graphs route tokens as FP32 does?
+            on_ov = chosen[0] == "openvino"
+            verification["routing"] = routing_agreement(plan.program, floats, ov_paths[chosen[1]] if on_ov else finals, feeds,
+                                                        plan.output_names, plan.constants,
+                                                        artifact_openvino_hint=sel["hint"] if on_ov else None)
         note["note"] = f"{verification['fidelity_psnr_db']:.2f} dB fidelity" + (
             f", {verification['ground_truth']['drop_db']:.3f} dB drop vs ground truth" if "ground_truth" in verification else ""
         ) + (f", routing {100 * verification['routing']['agreement']:.2f} % as FP32" if verification.get("routing", {}).get("tokens") else "") + (

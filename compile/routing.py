@@ -5,8 +5,12 @@ choice per token; a flipped choice changes a token's whole feed-forward, which a
 image PSNR can average away. Every graph the host runs has the MoE decomposed
 (`passes.custom_ops`), so each routing decision is a `TopK` node; here its index
 output is exposed as an extra graph output (a probe copy of the graph, never
-the bundle's), the program is run on the FP32 graphs and on the artifact graphs
-over the same feeds, and the two expert sets per token are compared.
+the bundle's: ONNX for onnxruntime, IR for OpenVINO), the program is run on the
+FP32 graphs and on the artifact graphs over the same feeds, and the two expert
+sets per token are compared. Probe outputs are named by the TopK's position in
+topological order, so decisions pair up across the two runtimes' graphs; the
+MoE layers are sequential (each TopK depends on the one before), so every
+topological order lists them the same way.
 
 The comparison is end to end: a sampler's later steps see each run's own latent,
 so a drift in z that moves a token's choice counts, as it would on the device.
@@ -29,20 +33,41 @@ def topk_nodes(model: Any) -> list[str]:
     return [n.name or n.output[1] for n in model.graph.node if n.op_type == "TopK" and len(n.output) > 1]
 
 
+def _probe_name(i: int, name: str) -> str:
+    return f"{_PREFIX}{i:05d}_{name}"
+
+
 def probe_model(path: Path, out: Path) -> list[str]:
     """Write a copy of the graph at `path` with every TopK's indices as an extra output; returns the TopK node names."""
     import onnx
 
     model = onnx.load(str(path))
     names = []
-    for node in model.graph.node:
+    for node in list(model.graph.node):  # ONNX stores nodes in topological order
         if node.op_type == "TopK" and len(node.output) > 1:
             name = node.name or node.output[1]
-            ident = onnx.helper.make_node("Identity", [node.output[1]], [_PREFIX + name], name=_PREFIX + name)
-            model.graph.node.append(ident)
-            model.graph.output.append(onnx.helper.make_tensor_value_info(_PREFIX + name, onnx.TensorProto.INT64, None))
+            probe = _probe_name(len(names), name)
+            model.graph.node.append(onnx.helper.make_node("Identity", [node.output[1]], [probe], name=probe))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(probe, onnx.TensorProto.INT64, None))
             names.append(name)
     onnx.save(model, str(out))
+    return names
+
+
+def probe_openvino_model(path: Path, out: Path) -> list[str]:
+    """The same probe for an OpenVINO IR (`path` .xml): every TopK's indices as an extra output, written to `out`."""
+    from lowlight.runtime.openvino_backend import import_openvino
+
+    ov = import_openvino()
+    model = ov.Core().read_model(str(path))
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "TopK" and op.get_output_size() > 1:
+            port = op.output(1)
+            port.get_tensor().set_names({_probe_name(len(names), op.get_friendly_name())})
+            model.add_outputs([port])
+            names.append(op.get_friendly_name())
+    ov.save_model(model, str(out), compress_to_fp16=False)
     return names
 
 
@@ -53,16 +78,24 @@ def has_routing(paths: Mapping[str, Path]) -> bool:
     return any(topk_nodes(onnx.load(str(p), load_external_data=False)) for p in paths.values())
 
 
-def _recording_call(paths: Mapping[str, Path], folder: Path, log: list[tuple[str, str, np.ndarray]]) -> Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
+def _recording_call(paths: Mapping[str, Path], folder: Path, log: list[tuple[str, str, np.ndarray]],
+                    openvino_hint: str | None = None) -> Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
     sessions: dict[str, Any] = {}
 
     def call(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if name not in sessions:
-            probe = folder / f"{name}.onnx"
-            probe_model(paths[name], probe)
-            sessions[name] = OnnxRuntimeBackend(probe)
+            if openvino_hint is not None:
+                from lowlight.runtime.openvino_backend import OpenVINOBackend
+
+                probe = folder / f"{name}.xml"
+                probe_openvino_model(paths[name], probe)
+                sessions[name] = OpenVINOBackend(probe, precision_hint=openvino_hint)
+            else:
+                from lowlight.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+                probe = folder / f"{name}.onnx"
+                probe_model(paths[name], probe)
+                sessions[name] = OnnxRuntimeBackend(probe)
         out = dict(sessions[name].run(feeds))
         for k in sorted(out):
             if k.startswith(_PREFIX):
@@ -74,14 +107,15 @@ def _recording_call(paths: Mapping[str, Path], folder: Path, log: list[tuple[str
 
 def routing_agreement(
     program: Mapping[str, Any], reference: Mapping[str, Path], artifact: Mapping[str, Path], feeds: list[dict[str, np.ndarray]],
-    outputs: list[str], constants: Mapping[str, np.ndarray] | None = None,
+    outputs: list[str], constants: Mapping[str, np.ndarray] | None = None, artifact_openvino_hint: str | None = None,
 ) -> dict[str, Any]:
     """Share of routed tokens whose expert set (top-2, order ignored) matches between the two sets of graphs.
 
     `reference` and `artifact` map component names to ONNX files (the FP32 lowered graphs and
-    the bundle's). Decisions are matched by TopK node name and call order; a TopK the artifact
-    graph renamed (none of the passes does) is matched by position. Returns tokens compared,
-    agreement, the worst single decision (layer and step), and whether the aim is met.
+    the bundle's), or for an OpenVINO bundle (`artifact_openvino_hint`: the precision hint it
+    runs at) the artifact's IR files. Decisions are matched by call order and the TopK's
+    position in each graph. Returns tokens compared, agreement, the worst single decision
+    (layer and step), and whether the aim is met.
     """
     from lowlight.core.program import run_program
 
@@ -92,7 +126,7 @@ def routing_agreement(
         ref_dir.mkdir()
         art_dir.mkdir()
         ref_call = _recording_call(reference, ref_dir, ref_log)
-        art_call = _recording_call(artifact, art_dir, art_log)
+        art_call = _recording_call(artifact, art_dir, art_log, artifact_openvino_hint)
         for feed in feeds:
             run_program(program, ref_call, feed, outputs, constants)
             run_program(program, art_call, feed, outputs, constants)

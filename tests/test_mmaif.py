@@ -318,6 +318,20 @@ def test_int8_cpu_reports_routing_agreement_and_keeps_the_router_float(tiny_mmai
         assert src is not None and src.op_type != "DequantizeLinear"  # the top-2 reads float logits
 
 
+@pytest.mark.slow
+def test_openvino_bundle_reports_routing_agreement(tiny_mmaif: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """The routing probe reads an OpenVINO bundle's own IR (TopK indices as extra outputs), not only onnxruntime graphs."""
+    pytest.importorskip("openvino")
+    m = _compile(tiny_mmaif, tmp_path / "ov", cache_dir, backend="openvino", family_options={"variant": "regression", "task": "mef"})
+    assert m["backend"] == "openvino"
+    routing = m["verification"]["routing"]
+    layers = M.CONFIGS["tiny"].layers
+    assert routing["decisions"] == 4 * layers and routing["tokens"] == 4 * layers * 64  # 4 frames, 8x8 tokens
+    assert routing["agreement"] >= 0.99  # FP32 on OpenVINO against FP32 onnxruntime graphs
+    assert "routing agreement with FP32" in (tmp_path / "ov" / "verification.md").read_text()
+    assert not any("routing agreement is measured on onnxruntime graphs only" in w for w in m.get("warnings", []))
+
+
 def test_bad_compile_inputs_exit_2_with_the_fix(tiny_mmaif: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
