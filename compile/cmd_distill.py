@@ -5,7 +5,9 @@ method (compile/distill.py): guided then progressive distillation for a
 diffusion teacher (DarkDiff), reflow then one-step distillation for a
 flow-matching teacher (MMAIF). The students are cached by content (teacher
 sha256, K, data recipe, method, options), so a compile of the same teacher at
-the same K reuses them and a second `distill` returns at once.
+the same K reuses them and a second `distill` returns at once. `--init STUDENT`
+continues the one-step stage of a flow family's 1-step student (its sha256 joins
+the cache key; its record is kept inside the new one).
 
 A family opts in through its training recipe module (`Family.trainer`): a
 function `distill_setup(checkpoint, config, *, batch, crop, seed)` returning a
