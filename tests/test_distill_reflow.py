@@ -228,7 +228,7 @@ def test_one_step_stage_continues_from_a_given_student(toy: dict[str, Any]) -> N
     sha = state_sha256(teacher.net)
     lines: list[str] = []
     more = distill_cached(teacher, 1, batches(seed=11), cache=toy["cache"], teacher_sha256=sha, data=DATA, keep=(2, 1),
-                          progress=lines.append, init=got.paths[1], seed=11, **{**OPTS, "lr": 3e-4})
+                          progress=lines.append, init=got.paths[1], seed=11, **{**OPTS, "iters_per_round": 100, "lr": 3e-4})
     assert not more.cached and sorted(more.students) == [1] and more.folder != got.folder
     assert [r["round"] for r in more.info["rounds"]] == ["one-step (continued)"]
     assert more.info["options"]["init_sha256"] == file_sha256(got.paths[1]) and more.info["options"]["keep"] == [1]
