@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """List the zoo, or train one reference checkpoint."""
-    from lowlight.core.fsio import claim_file
+    from lowlight.core.fsio import claim_weights
     from lowlight.models import family_names, get_family
 
     if a.action == "list":
@@ -72,10 +72,7 @@ def run(a: argparse.Namespace) -> int:
     if a.action == "eval":
         return _eval(fam, config, a)
     out = Path(a.out) if a.out else Path(f"{a.family}_{config}.safetensors")
-    claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
-    # the trainers write their record beside the weights (NAME.json): a file of that name is the user's too
-    claim_file(out.with_suffix(".json"), "the training record written beside the weights", "--out", overwrite=a.overwrite,
-               inputs=[a.init, Path(a.init).with_suffix(".json") if a.init else None])
+    claim_weights(out, a.overwrite, a.init)
     kw = {k: v for k, v in vars(a).items() if k in ("steps", "threads", "lr", "crop", "seed", "init", "rgb_only") and v not in (None, False)}
     fam.train(config=config, out=str(out), **kw)
     return 0

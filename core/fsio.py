@@ -229,6 +229,15 @@ def claim_file(out: Path, what: str, flag: str, *, overwrite: bool = False, inpu
     check_writable(out, flag)
 
 
+def claim_weights(out: Path, overwrite: bool = False, init: str | Path | None = None) -> None:
+    """Check that a trainer may write weights `out` and the record it writes beside them (`NAME.json`):
+    absent, or present with `overwrite`; never the weights (or record) it starts from, `init`."""
+    init_record = Path(init).with_suffix(".json") if init else None
+    claim_file(out, "a weights file", "--out", overwrite=overwrite, inputs=[init])
+    claim_file(out.with_suffix(".json"), "the training record written beside the weights", "--out", overwrite=overwrite,
+               inputs=[init, init_record])
+
+
 class OutputLock:
     """An exclusive advisory lock on an output path (`.NAME.lock` beside it).
 

@@ -232,7 +232,6 @@ def train(
                    seed=seed, threads=threads, train_minutes=round(train_min, 1),
                    params=sum(p.numel() for p in model.parameters()),
                    heldout_photos=[p.name for p in held])
-    out.parent.mkdir(parents=True, exist_ok=True)
     # How it was trained travels with the weights: verification compares a top-2 bundle
     # with the top-2 model only if top-2 is what was trained (Family.reference_options).
     trained = {"experts": "top2", "top2_weights": TOP2_WEIGHTS} if top2_steps else {"experts": "dense"}
@@ -263,13 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out (and the NAME.json beside it)")
     a = ap.parse_args(argv)
     from lowlight.core.errors import LowlightError
-    from lowlight.core.fsio import claim_file
+    from lowlight.core.fsio import claim_weights
 
     out = Path(a.out) if a.out else WEIGHTS_DIR / f"gmmoe_{a.config}.safetensors"
     try:  # as `zoo train`: never over the --init weights, over an existing file only with --overwrite
-        claim_file(out, "a weights file", "--out", overwrite=a.overwrite, inputs=[a.init])
-        claim_file(out.with_suffix(".json"), "the training record written beside the weights", "--out", overwrite=a.overwrite,
-                   inputs=[a.init, Path(a.init).with_suffix(".json") if a.init else None])
+        claim_weights(out, a.overwrite, a.init)
     except LowlightError as exc:
         print(f"error: {exc.what}\n  fix: {exc.fix}", file=sys.stderr)
         sys.exit(2)
