@@ -205,10 +205,28 @@ def _plan_of(fam: Family, model: Any, config: str, options: dict[str, str], shap
         make_ground_truth=lambda frames, seed: fam.ground_truth_inputs(frames, shape, config, seed=seed, **options),
         reference=reference, reference_label=label, float_call=float_call, record=record,
         # what prepare made (a distilled student's sha256) is part of what the export depends on
-        cache_identity={"weights": ckpt_hash, "code": _code_hash(model), "family": fam.name, "config": config, "options": options,
+        cache_identity={"weights": _state_hash(model), "code": _code_hash(model), "family": fam.name, "config": config, "options": options,
                         "shape": shape, "prepared": prepared.get("sha256")},
         notes=notes,
     )
+
+
+def _state_hash(model: Any) -> str:
+    """sha256 of the module's tensors (names, dtypes, shapes, bytes): what the export reads of a checkpoint.
+
+    Not the file's hash: the same tensors saved again with other metadata (a training record, a
+    `trained_options` note) export to the same graph and share its cache entries.
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # a view: no copy of a large model's weights
+    return h.hexdigest()[:32]
 
 
 def _code_hash(model: Any) -> str:
