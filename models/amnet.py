@@ -6,7 +6,8 @@ Read top to bottom:
      *implicit* auxiliary feature: IADS (spatial illumination gate) then FBS
      (spectral gate on the rfft2 of the gated high-frequency part);
   3. real auxiliary inputs, when given, go through their own encoders instead;
-  4. fusion of RGB + (real or implicit) event + (real or implicit) IR features;
+  4. fusion of RGB + (real or implicit) event + (real or implicit) IR features, then a
+     per-frame exposure context (our addition: FiLM from the features' global statistics);
   5. a temporal module mixes each frame with its neighbours across the clip;
   6. a decoder with skips predicts a residual added to the input frame.
 
@@ -43,7 +44,7 @@ class AMNetConfig:
 CONFIGS = {
     # < 200k parameters: for tests and the quick demo path.
     "tiny": AMNetConfig(widths=(8, 16, 32), temporal_blocks=1),
-    # The Orin-at-720p size: 0.53M parameters, ~78 GFLOP per megapixel (72 GFLOP
+    # The Orin-at-720p size: 0.55M parameters, ~78 GFLOP per megapixel (72 GFLOP
     # per 1280x720 frame): ~1.7 ms compute-bound in FP16 on an AGX Orin (42.5
     # TFLOPS), so 30 fps at 720p leaves most of the GPU to the detectors behind
     # it. Widening the 1/4-resolution stage to 96 channels doubled training cost
@@ -137,6 +138,32 @@ class S2DG(nn.Module):
         return self.proj(high + low)
 
 
+class ExposureContext(nn.Module):
+    """Per-frame global context: FiLM of the fused 1/4 features from their spatial mean and std.
+
+    Our addition to the paper's network. Without it an output pixel's convolutions see ~60 px of
+    its frame (the FBS gate spans the frame but acts per frequency), so how much to brighten is
+    guessed from local content: the reference weights
+    brightened normally exposed held-out photos (mean 0.28 -> 0.44, 13.9 dB from themselves)
+    while leaving sRGB-darkened ones of the same mean too dark (2026-11-25, `models.evaluate`).
+    The frame's statistics (exposure, noise, contrast) decide it. `fc2` starts at zero, so the
+    block starts as the identity, and a checkpoint without it loads as exactly the network it
+    was trained as (`AMNetFamily.checkpoint_rename`). It reads one frame: streaming caches it.
+    """
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(2 * c, c), nn.Linear(c, 2 * c)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean((2, 3))
+        sd = (x - mu[..., None, None]).pow(2).mean((2, 3)).add(1e-6).sqrt()
+        scale, shift = self.fc2(F.relu(self.fc1(torch.cat([mu, sd], dim=1)))).chunk(2, dim=1)
+        return x * (1.0 + scale[..., None, None]) + shift[..., None, None]
+
+
 class TemporalBlock(nn.Module):
     """Mix each frame's features with its previous and next frame (edges repeat)."""
 
@@ -181,6 +208,7 @@ class AMNet(nn.Module):
         )
         self.fuse = nn.Conv2d(3 * c3, c3, 1)
         self.fuse_block = ResBlock(c3)
+        self.context = ExposureContext(c3)
         self.temporal = nn.ModuleList(TemporalBlock(c3) for _ in range(config.temporal_blocks))
         self.up2, self.up1 = Up(c3, c2), Up(c2, c1)
         self.head = conv3(c1, 3)
@@ -209,7 +237,7 @@ class AMNet(nn.Module):
         b, t = rgb.shape[:2]
         z1, z2, z3 = feats
         x = F.relu(self.fuse(torch.cat([z3, aux["event"], aux["ir"]], dim=1)))
-        x = self.fuse_block(x)
+        x = self.context(self.fuse_block(x))
         for block in self.temporal:
             x = block(x, t)
         x = self.up1(self.up2(x, z2), z1)
@@ -357,7 +385,7 @@ class StreamEncoder(nn.Module):
         z1, z2, z3 = m.encoder(rgb)
         aux = m.implicit(z3)
         x = F.relu(m.fuse(torch.cat([z3, aux["event"], aux["ir"]], dim=1)))
-        return z1, z2, m.fuse_block(x)
+        return z1, z2, m.context(m.fuse_block(x))
 
 
 class StreamDecoder(nn.Module):
@@ -421,6 +449,22 @@ class AMNetFamily(Family):
 
     def build(self, config: str, modalities: str = "rgb", **_: str) -> AMNet:
         return build(config, modalities)
+
+    def checkpoint_rename(self, state: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+        """A checkpoint from before `ExposureContext` gets it at identity (zeros): the network it was trained as."""
+        fuse = [k for k in state if k == "fuse.weight" or k.endswith(".fuse.weight")]
+        if len(fuse) != 1 or any(k.endswith(("context.fc2.weight")) for k in state):
+            return None
+        prefix, c3 = fuse[0][: -len("fuse.weight")], int(state[fuse[0]].shape[0])
+        shapes = {"fc1.weight": (c3, 2 * c3), "fc1.bias": (c3,), "fc2.weight": (2 * c3, c3), "fc2.bias": (2 * c3,)}
+        added = {f"{prefix}context.{k}": torch.zeros(s) for k, s in shapes.items()}
+        # fc2 = 0 makes it the identity; fc1 drawn as nn.Linear would (fixed seed), so fine-tuning
+        # from such a checkpoint has gradients (both zero would never move)
+        bound = 1.0 / (2 * c3) ** 0.5
+        added[f"{prefix}context.fc1.weight"].uniform_(-bound, bound, generator=torch.Generator().manual_seed(0))
+        dtype = state[fuse[0]].dtype
+        added = {k: v.to(dtype) for k, v in added.items()}
+        return {**state, **added}, "no exposure context in the checkpoint (trained before it): added at identity"
 
     def default_shape(self, config: str, **options: str) -> str:
         return "1x3x256x256" if options.get("stream") == "yes" else default_shape(config)

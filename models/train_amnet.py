@@ -170,9 +170,10 @@ def train(
     held_imgs = [f for p in held_paths for f in load_frames(p)]
     model = AMNet(CONFIGS[config])
     if init:  # fine-tune from earlier weights (safe loading, keys checked)
+        from lowlight.models.amnet import AMNetFamily
         from lowlight.models.checkpoint import load_state_dict_into
 
-        load_state_dict_into(model, init, what=f"amnet config {config!r}")
+        load_state_dict_into(model, init, what=f"amnet config {config!r}", rename=AMNetFamily().checkpoint_rename)
     bins = model.config.event_bins
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warmup = max(1, steps // 20)

@@ -96,3 +96,39 @@ def test_family_input_shapes_follow_modalities():
 
 def test_model_class_is_exported_module():
     assert isinstance(build("amnet", "tiny"), AMNet)
+
+
+def test_checkpoint_without_exposure_context_loads_as_the_network_it_was_trained_as(tmp_path):
+    """A checkpoint saved before `ExposureContext` existed: the context comes in at identity (fc2 = 0),
+    so the output is exactly the old network's; fc1 is not zero, so fine-tuning from it can learn."""
+    from safetensors.torch import save_file
+
+    from lowlight.models import load_checkpoint
+
+    torch.manual_seed(0)
+    m = build("amnet", "tiny").eval()
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith("context.")}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    got = load_checkpoint("amnet", "tiny", str(tmp_path / "old.safetensors"))
+    assert any("exposure context" in n for n in got.notes)
+    assert float(got.model.context.fc2.weight.abs().sum()) == 0.0 and float(got.model.context.fc1.weight.abs().sum()) > 0.0
+    clip = torch.rand(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(got.model(clip), m(clip))
+
+
+def test_exposure_context_reads_the_whole_frame():
+    """With a trained (non-zero) context, a change far outside a pixel's ~60 px receptive field moves it:
+    how much to brighten is decided from the frame's statistics, not local content alone."""
+    torch.manual_seed(0)
+    m = build("amnet", "tiny").eval()
+    torch.nn.init.normal_(m.context.fc2.weight, std=0.5)
+    clip = torch.rand(1, 1, 3, 32, 256) * 0.2
+    other = clip.clone()
+    other[..., 160:] = 0.9  # a bright region > 100 px from column 0
+    with torch.no_grad():
+        a, b = m(clip)[..., :8], m(other)[..., :8]
+        torch.nn.init.zeros_(m.context.fc2.weight)
+        c, d = m(clip)[..., :8], m(other)[..., :8]
+    assert not torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(c, d, atol=1e-6)  # without the context the far change does not reach column 0
