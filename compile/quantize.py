@@ -381,7 +381,14 @@ def quantize_int8(
                 save_onnx(relaxed, out)
         entry: dict[str, Any] = {"fidelity_db_vs_float": qdq_fidelity(src, out, check_feeds)}
         if measured is not None:
+            from lowlight.compile.sensitivity import quantized_nodes
+
             entry["float_nodes"] = measured
+            # A search that gave every node back leaves a float graph: on a host where INT8 does not pay it is
+            # also the fastest candidate, and was picked as "INT8" (AMNet base with the exposure context: NNCF
+            # 90 of 90 back, worst 37.2 dB, chosen over ORT's 49 of 88 back at 38.2 dB)
+            entry["int8_nodes"] = len(quantized_nodes(onnx.load(str(out))))
+            entry["met_budget"] = measured["final_db"]["worst"] >= budget_db
         if by_share:
             # TensorRT's speed can only be timed on the device; the INT8 share of the matrix work ranks the
             # candidates (INT8 has twice FP16's tensor-core peak on Orin and Ampere/Hopper)
@@ -396,19 +403,27 @@ def quantize_int8(
 
                 entry["fusion"] = ort_int8_fusion(out)
         report["engines"][name] = entry
-        score = -entry["int8_matrix_share"] if by_share else entry.get("seconds", 0.0)
-        if entry["fidelity_db_vs_float"] >= min_fidelity and entry.get("fusion", {}).get("fused", True) and (best is None or score < best[0]):
+        if entry.get("int8_nodes") == 0:
+            entry["rejected"] = "no INT8 compute left: the measured float set gave every quantized node back"
+            say(f"    {name}: {entry['rejected']}")
+        # candidates whose measured float set met the budget rank before those that ran out of nodes to give back
+        score = (not entry.get("met_budget", True), -entry["int8_matrix_share"] if by_share else entry.get("seconds", 0.0))
+        if (entry["fidelity_db_vs_float"] >= min_fidelity and entry.get("fusion", {}).get("fused", True) and "rejected" not in entry
+                and (best is None or score < best[0])):
             best = (score, name)
     if best is None:  # every faithful engine left convolutions unfused: the fastest faithful one, as before the check
-        ok = [(e.get("seconds", 0.0), n) for n, e in report["engines"].items() if e["fidelity_db_vs_float"] >= min_fidelity]
+        ok = [((False, e.get("seconds", 0.0)), n) for n, e in report["engines"].items()
+              if e["fidelity_db_vs_float"] >= min_fidelity and "rejected" not in e]
         best = min(ok) if ok else None
     if best is None:  # none meets the budget: keep the most faithful, verify will fail loudly
-        best = (0.0, max(report["engines"], key=lambda n: report["engines"][n]["fidelity_db_vs_float"]))
+        best = ((False, 0.0), max(report["engines"], key=lambda n: report["engines"][n]["fidelity_db_vs_float"]))
     chosen = best[1]
     if len(candidates) > 1:
         report["chosen_by"] = ("largest INT8 share of the matrix FLOPs among engines >= min_fidelity (TensorRT timing "
                                "needs the device)" if by_share else "fastest onnxruntime timing among engines >= min_fidelity "
-                               "whose Q/DQ convolutions onnxruntime fused")
+                               "whose Q/DQ convolutions onnxruntime fused") + (
+                               "; with --min-fidelity measured float sets, those that met the budget first, and none that "
+                               "gave every node back" if budget_db is not None else "")
     dst.with_name(f"{dst.stem}.{chosen}{dst.suffix}").replace(dst)
     for name in candidates:
         dst.with_name(f"{dst.stem}.{name}{dst.suffix}").unlink(missing_ok=True)

@@ -99,3 +99,22 @@ def test_a_float_reader_of_a_quantized_conv_takes_the_conv_along(toy: tuple[Path
     onnx.save(kept, str(d / "kept.onnx"))
     assert "conv_b" in ort_int8_fusion(d / "loose.onnx")["float_kernels"]
     assert ort_int8_fusion(d / "kept.onnx")["fused"]
+
+
+def test_auto_engine_never_picks_a_candidate_with_no_int8_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate whose float set holds every node is a float graph: faster than any INT8 graph on a host where
+    INT8 does not pay, and faithful, but not INT8. `--engine auto` must keep the engine that still quantizes."""
+    import shutil
+
+    import lowlight.compile.quantize as q
+
+    toy_graph(tmp_path / "float.onnx")
+    # stands in for an engine whose search gave all back (here: no Q/DQ at all, so it meets any budget as it is)
+    monkeypatch.setitem(q.ENGINES, "nncf", lambda src, dst, *a, **k: shutil.copy(src, dst))
+    said: list[str] = []
+    rep = q.quantize_int8(tmp_path / "float.onnx", tmp_path / "q.onnx", dark_feeds(8, 0), "ort-u8s8", [], engine="auto",
+                          budget_db=20.0, say=said.append)
+    assert rep["engines"]["nncf"]["int8_nodes"] == 0 and "no INT8 compute left" in rep["engines"]["nncf"]["rejected"]
+    assert rep["engine"] == "ort" and rep["engines"]["ort"]["int8_nodes"] > 0
+    assert quantized_nodes(onnx.load(str(tmp_path / "q.onnx")))
+    assert any("nncf: no INT8 compute left" in s for s in said)
