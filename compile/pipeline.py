@@ -690,10 +690,10 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
 
             final, hit = cache.run(
                 "int8", onnx_sha256(lowered),
-                # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions (older entries did not
-                # check); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
+                # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions and, with a measured
+                # float set, some INT8 compute left (older entries checked neither); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
-                 "select": "fused", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
+                 "select": "fused+int8-left", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
                  "weight_bits": weight_bits(target.qdq_flavour),
                  **({"modelopt": modelopt_missing() is None} if target.qdq_flavour == "trt-s8s8" and opts.int8_engine == "auto" else {})},
                 _int8, "model.onnx",
