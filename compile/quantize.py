@@ -388,7 +388,7 @@ def quantize_int8(
             # also the fastest candidate, and was picked as "INT8" (AMNet base with the exposure context: NNCF
             # 90 of 90 back, worst 37.2 dB, chosen over ORT's 49 of 88 back at 38.2 dB)
             entry["int8_nodes"] = len(quantized_nodes(onnx.load(str(out))))
-            entry["met_budget"] = measured["final_db"]["worst"] >= budget_db
+            entry["met_budget"] = bool(measured["final_db"]["worst"] >= budget_db)
         if by_share:
             # TensorRT's speed can only be timed on the device; the INT8 share of the matrix work ranks the
             # candidates (INT8 has twice FP16's tensor-core peak on Orin and Ampere/Hopper)

@@ -1,6 +1,7 @@
 """Float nodes chosen by measurement (compile.sensitivity) on a small conv graph with one sensitive node."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,4 @@ def test_auto_engine_never_picks_a_candidate_with_no_int8_left(tmp_path: Path, m
     assert rep["engine"] == "ort" and rep["engines"]["ort"]["int8_nodes"] > 0
     assert quantized_nodes(onnx.load(str(tmp_path / "q.onnx")))
     assert any("nncf: no INT8 compute left" in s for s in said)
+    json.dumps(rep)  # the pipeline writes it as quantize.json
