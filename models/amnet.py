@@ -370,9 +370,9 @@ def stream_window(config: str) -> int:
 
 
 class StreamEncoder(nn.Module):
-    """Per-frame part of AMNet (RGB only): frame [B,3,H,W] -> z1, z2 and the fused 1/4 feature x3.
+    """Per-frame part of AMNet (RGB only): frame [B,3,H,W] -> z1, z2 and the fused, exposure-modulated 1/4 feature x3.
 
-    Everything here looks at one frame (encoder, S2DG translators, fusion), so a streaming
+    Everything here looks at one frame (encoder, S2DG translators, fusion, exposure context), so a streaming
     runtime computes it once per frame and keeps x3 for the next frames' temporal module.
     """
 
