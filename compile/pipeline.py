@@ -691,7 +691,8 @@ def _compile_component(plan: Any, comp: Any, precision: str, target: Any, cache:
             final, hit = cache.run(
                 "int8", onnx_sha256(lowered),
                 # "select": the engine choice also requires onnxruntime to fuse the Q/DQ convolutions and, with a measured
-                # float set, some INT8 compute left (older entries checked neither); "modelopt": whether auto could try Model Optimizer for TensorRT (installing it changes the answer)
+                # float set, some INT8 compute left (older entries checked neither); "modelopt": whether auto could try
+                # Model Optimizer for TensorRT (installing it changes the answer)
                 {"flavour": target.qdq_flavour, "calib": _feeds_hash(calib_feeds), "engine": opts.int8_engine, "keep": int8_floor,
                  "select": "fused+int8-left", "float_set": {"measured": VERSION, "budget_db": budget, "frames": _feeds_hash(measure)},
                  "weight_bits": weight_bits(target.qdq_flavour),

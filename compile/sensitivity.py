@@ -94,9 +94,10 @@ def give_back_to_float(qdq: onnx.ModelProto, float_model: onnx.ModelProto, names
             if dq is None or dq.op_type != "DequantizeLinear":
                 # NNCF's bias correction rewrites a quantized conv's float bias to offset its INT8 error; in float
                 # the offset is an error of its own (AMNet base: every node given back still 30.3 dB, not inf)
-                value = index.constant(inp) if inp and original is not None else None
-                if value is None or (value.shape == original.shape and np.array_equal(value, original)):
+                current = index.constant(inp) if inp and original is not None else None
+                if current is None or (current.shape == original.shape and np.array_equal(current, original)):
                     continue
+                value = original
             else:
                 q = index.producer.get(dq.input[0])
                 if q is not None and q.op_type == "QuantizeLinear":
@@ -109,7 +110,7 @@ def give_back_to_float(qdq: onnx.ModelProto, float_model: onnx.ModelProto, names
             while name in taken:
                 name += "_"
             taken.add(name)
-            model.graph.initializer.append(numpy_helper.from_array(np.asarray(original if original is not None else value), name))
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
             node.input[i] = name
         _unquantize_graph_outputs(model, index, node)
     return prune_dead(model)
