@@ -179,6 +179,6 @@ def test_shipped_amnet_base_holds_its_measured_quality():
     assert held["normal"]["psnr_out_vs_in"] >= 25.0 and held["normal"]["saturated"] < 0.05, held
     real = real_artifacts(enhance, [p for p in real_photos() if p[0] in WORST_REAL])
     assert real["lattice"]["median"] <= 1.0, real
-    assert real["halo"]["mean"] <= 0.3, real  # a regression guard, not the aim (0.05)
+    assert real["halo"]["mean"] <= 0.06, real  # 0.044 on these photos with the exposure context (all photos: 0.12 without)
     meta = json.loads(fam.weights_path("base").with_suffix(".json").read_text())
     assert meta["recipes"]["heldout"]["linear"]["gain_db"] == pytest.approx(held["linear"]["gain_db"], abs=0.05)
